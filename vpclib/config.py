@@ -1,0 +1,254 @@
+"""Configuration: one dataclass tree holds every default; a params YAML per dataset overrides it.
+
+Unknown keys and wrong types raise `ConfigError` naming the key. The resolved config is saved
+beside every result (`Config.to_dict`), and each stage's cache key is a hash of the part of the
+config that stage depends on (`stage_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+LAYOUTS = ("synthetic", "avenue", "shanghaitech", "iitb", "ucsd", "folder", "video")
+DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
+PREPROCESSING = ("faithful", "clip", "imagenet")
+LABELFREE = ("calibrated", "fixed")
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the embedded synthetic scenes (`vpclib.synthetic`)."""
+    seed: int = 0
+    n_train: int = 4
+    n_test: int = 6
+    n_frames: int = 96
+    width: int = 240
+    height: int = 160
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how they are laid out (METHOD.md §1, §9, §10)."""
+    name: str = "synthetic"
+    layout: str = "synthetic"            # one of LAYOUTS
+    root: str = ""                       # dataset root; the CLI's --data-root overrides it
+    label_file: str = ""                 # optional override of the ground-truth file
+    skip_first_frame: bool = False       # IITB: clip k starts at 1 + k*T
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ObjectsConfig:
+    """Object detection on the middle frame of each clip, then box growth (METHOD.md §2)."""
+    detector: str = "motion"             # one of DETECTORS
+    weights: str = "yolov8l.pt"          # ultralytics weight file (name or local path)
+    hub_model: str = "yolov5l"           # torch.hub ultralytics/yolov5 model (the paper's)
+    boxes_file: str = ""                 # detector "boxes": a CSV of your own detections
+    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 7])
+    train_confidence: float = 0.7
+    test_confidence: float = 0.6
+    box_growth: float = 1.0              # factor f of METHOD.md §2
+    crop_size: int = 64                  # crops are resized to crop_size x crop_size
+    # motion detector (OpenCV background subtraction against a per-video median background)
+    motion_threshold: int = 25           # grey-level difference that counts as foreground
+    motion_min_area: int = 60            # smallest blob kept, in pixels
+    motion_background_frames: int = 50   # frames sampled for the median background
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen image encoder and its two mid-level maps (METHOD.md §3)."""
+    backbone: str = "clip_rn101"         # "clip_rn101" or "timm:<model name>"
+    pretrained: str = "openai"           # "openai" / "timm" (hub), a local checkpoint path, or "random"
+    timm_stages: list[int] = field(default_factory=lambda: [2, 3])  # timm feature stages (stride 8, 16)
+    preprocessing: str = "faithful"      # one of PREPROCESSING
+    fp16: bool = False                   # half precision on CUDA (the reference runs fp16)
+    batch_size: int = 64
+    seed: int = 0                        # seed of a random-init encoder
+
+
+@dataclass
+class MethodConfig:
+    """Clips, features, memories and scores (METHOD.md §1, §4-§7)."""
+    clip_length: int = 10                # T
+    channel_groups: int = 32             # C
+    coreset_ratio: float = 0.01          # r
+    power: int = 4                       # n
+    coreset_projection: bool = False     # sparse random projection before the coreset (off in the paper)
+    coreset_projection_eps: float = 0.9
+
+
+@dataclass
+class FusionConfig:
+    """The reference's oracle grid search and our label-free fusion (METHOD.md §8)."""
+    a_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    b_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    sigma_grid: list[int] = field(default_factory=lambda: list(range(20)))
+    labelfree: str = "calibrated"        # one of LABELFREE
+    a: float = 0.5                       # label-free weights and smoothing, fixed in advance
+    b: float = 0.5
+    sigma: float = 8.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    device: str = "auto"                 # "auto", "cpu" or "cuda"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and validation
+
+def _check_type(value, annotation, key: str):
+    """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"params key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"params key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"params key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation} for {key}")  # a bug in this file
+
+
+def _merge(obj, overrides: dict, prefix: str):
+    """Apply a dict of overrides to a dataclass instance, recursively, validating each key."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"params section '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {overrides!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown params key '{full}'; known keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _check_type(value, hints[key], full))
+    return obj
+
+
+def _validate(cfg: Config) -> Config:
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            raise ConfigError(f"params key '{key}' {msg}")
+
+    need(cfg.data.layout in LAYOUTS, "data.layout", f"must be one of {LAYOUTS}, got {cfg.data.layout!r}")
+    need(cfg.objects.detector in DETECTORS, "objects.detector", f"must be one of {DETECTORS}, got {cfg.objects.detector!r}")
+    need(cfg.encoder.preprocessing in PREPROCESSING, "encoder.preprocessing", f"must be one of {PREPROCESSING}")
+    need(cfg.fusion.labelfree in LABELFREE, "fusion.labelfree", f"must be one of {LABELFREE}")
+    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", "must be auto, cpu or cuda")
+    need(cfg.encoder.backbone == "clip_rn101" or cfg.encoder.backbone.startswith("timm:"),
+         "encoder.backbone", f"must be 'clip_rn101' or 'timm:<model>', got {cfg.encoder.backbone!r}")
+    need(len(cfg.encoder.timm_stages) == 2, "encoder.timm_stages", "must name two stages (stride 8 and 16)")
+    need(cfg.encoder.batch_size >= 1, "encoder.batch_size", "must be >= 1")
+    need(cfg.method.clip_length >= 3, "method.clip_length", "must be >= 3 (the high-level pyramid needs T-2 >= 1)")
+    need(cfg.method.channel_groups >= 1, "method.channel_groups", "must be >= 1")
+    need(0.0 < cfg.method.coreset_ratio <= 1.0, "method.coreset_ratio", "must be in (0, 1]")
+    need(cfg.method.power >= 1, "method.power", "must be >= 1")
+    need(cfg.objects.box_growth >= 1.0, "objects.box_growth", "must be >= 1.0")
+    need(cfg.objects.crop_size >= 8, "objects.crop_size", "must be >= 8")
+    for key in ("train_confidence", "test_confidence"):
+        need(0.0 <= getattr(cfg.objects, key) < 1.0, f"objects.{key}", "must be in [0, 1)")
+    need(0.0 <= cfg.fusion.a <= 1.0, "fusion.a", "must be in [0, 1]")
+    need(0.0 <= cfg.fusion.b <= 1.0, "fusion.b", "must be in [0, 1]")
+    need(cfg.fusion.sigma >= 0.0, "fusion.sigma", "must be >= 0")
+    need(len(cfg.fusion.a_grid) > 0 and len(cfg.fusion.b_grid) > 0 and len(cfg.fusion.sigma_grid) > 0,
+         "fusion.*_grid", "must not be empty")
+    need(cfg.objects.detector != "boxes" or cfg.objects.boxes_file, "objects.boxes_file",
+         "must be set when objects.detector is 'boxes'")
+    need(cfg.data.layout == "synthetic" or cfg.data.root, "data.root",
+         "must be set (in the params file or with --data-root) for a real dataset")
+    return cfg
+
+
+def from_dict(overrides: dict | None = None) -> Config:
+    """Defaults overridden by `overrides` (nested dict), validated."""
+    return _validate(_merge(Config(), overrides or {}, ""))
+
+
+def load_params(path, **overrides) -> Config:
+    """Read a params YAML, apply dotted-key `overrides` (e.g. {"data.root": "/x"}), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file {path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    try:
+        return from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# cache keys: which part of the config each stage depends on
+
+STAGE_KEYS = {
+    "objects": ["data", "objects", "method.clip_length"],
+    "features": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups"],
+    "memory": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups",
+               "method.coreset_ratio", "method.coreset_projection", "method.coreset_projection_eps"],
+}
+
+
+def stage_params(cfg: Config, stage: str) -> dict:
+    """The sub-dict of the resolved config that `stage` depends on (its cache identity).
+
+    Performance-only settings (batch size, device) are left out: they do not change results
+    beyond float rounding.
+    """
+    full = cfg.to_dict()
+    full["encoder"].pop("batch_size")
+    out = {}
+    for dotted in STAGE_KEYS[stage]:
+        section, _, leaf = dotted.partition(".")
+        out[dotted] = full[section][leaf] if leaf else full[section]
+    return out
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]

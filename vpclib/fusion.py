@@ -1,0 +1,123 @@
+"""Fusion: combining the three streams into one per-frame anomaly score (METHOD.md §8).
+
+Two protocols, always reported side by side:
+
+- The reference (oracle) protocol. All test videos are concatenated. Local stream
+  L = a * spatial + (1 - a) * temporal. Local-only: minmax(smooth(L, sigma)). All streams:
+  z-score L over the whole test set and smooth it across the concatenated sequence (the filter
+  runs over video borders: a quirk), z-score and smooth the high-level score per video, and
+  final = minmax(b * L + (1 - b) * H). a, b and sigma are chosen by grid search ON THE TEST
+  LABELS: an upper bound, not a deployable number.
+- Label-free. Weights and sigma are fixed in the params file. "calibrated": each stream is
+  z-scored with the mean and std of training videos scored against memories built from the
+  OTHER training videos (leave-one-video-out), so the scale comes from normal data only;
+  smoothing stays inside each video. "fixed": the reference formula with the fixed a, b, sigma.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from .metrics import auc
+
+EPS = 1e-8
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / (std + 1e-8), population std."""
+    return (x - x.mean()) / (x.std() + EPS)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min + 1e-8)."""
+    return (x - x.min()) / (x.max() - x.min() + EPS)
+
+
+def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    """gaussian_filter1d(x, sigma); sigma 0 means no smoothing."""
+    return gaussian_filter1d(x.astype(np.float64), sigma) if sigma > 0 else x.astype(np.float64)
+
+
+def per_video(fn, x: np.ndarray, video_ids: np.ndarray) -> np.ndarray:
+    """Apply `fn` to each video's run of frames separately (video_ids are contiguous)."""
+    out = np.empty(len(x), dtype=np.float64)
+    for v in np.unique(video_ids):
+        mask = video_ids == v
+        out[mask] = fn(x[mask])
+    return out
+
+
+def local_stream(spatial: np.ndarray, temporal: np.ndarray, a: float) -> np.ndarray:
+    """L = a * spatial + (1 - a) * temporal."""
+    return a * spatial + (1 - a) * temporal
+
+
+def reference_local_only(spatial, temporal, a: float, sigma: float) -> np.ndarray:
+    """minmax(smooth(L)) over the concatenated test sequence."""
+    return minmax(smooth(local_stream(spatial, temporal, a), sigma))
+
+
+def reference_all_streams(spatial, temporal, highlevel, video_ids, a: float, b: float, sigma: float) -> np.ndarray:
+    """minmax(b * smooth(z(L)) + (1 - b) * H), H z-scored and smoothed per video."""
+    local = smooth(zscore(local_stream(spatial, temporal, a)), sigma)
+    high = per_video(lambda h: smooth(zscore(h), sigma), highlevel, video_ids)
+    return minmax(b * local + (1 - b) * high)
+
+
+@dataclass
+class OracleResult:
+    a: float
+    sigma_local: float
+    auc_local: float
+    b: float
+    sigma: float
+    auc: float
+
+
+def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_grid, sigma_grid) -> OracleResult:
+    """The reference grid search on the test labels.
+
+    First (a, sigma) for the local-only score, then, with that a, (b, sigma) for all streams.
+    Ties keep the first setting in grid order.
+    """
+    best_local = (-1.0, None, None)
+    for a in a_grid:
+        raw = local_stream(spatial, temporal, a)
+        for sigma in sigma_grid:
+            value = auc(labels, minmax(smooth(raw, sigma)))
+            if value > best_local[0]:
+                best_local = (value, a, sigma)
+    auc_local, a, sigma_local = best_local
+    z_local = zscore(local_stream(spatial, temporal, a))
+    z_high = per_video(zscore, highlevel, video_ids)
+    best = (-1.0, None, None)
+    for sigma in sigma_grid:
+        local = smooth(z_local, sigma)
+        high = per_video(lambda h: smooth(h, sigma), z_high, video_ids)
+        for b in b_grid:
+            value = auc(labels, minmax(b * local + (1 - b) * high))
+            if value > best[0]:
+                best = (value, b, sigma)
+    return OracleResult(a=a, sigma_local=sigma_local, auc_local=auc_local, b=best[1], sigma=best[2], auc=best[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# label-free
+
+def calibration_stats(train_scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Mean and population std of each stream's leave-one-video-out training scores."""
+    return {name: (float(x.mean()), float(x.std())) for name, x in train_scores.items()}
+
+
+def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:
+    """b * (a * zS + (1 - a) * zT) + (1 - b) * zH, each z from training statistics, smoothed per video."""
+    def z(x, name):
+        mean, std = stats[name]
+        return (x - mean) / (std + EPS)
+
+    local = local_stream(z(spatial, "spatial"), z(temporal, "temporal"), a)
+    final = b * local + (1 - b) * z(highlevel, "highlevel")
+    return per_video(lambda x: smooth(x, sigma), final, video_ids)

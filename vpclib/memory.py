@@ -1,0 +1,65 @@
+"""Memory: the three banks of normal training features (METHOD.md §6).
+
+Each bank is built PER TRAINING VIDEO: that video's vectors are subsampled by greedy coreset
+(l = int(r * N_video), at least one) and the per-video results are concatenated. The bank keeps
+which video each vector came from, so a training video can be scored against the others
+(leave-one-video-out) to calibrate the label-free fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .coreset import coreset_size, greedy_coreset, random_projection
+
+STREAMS = ("spatial", "temporal", "highlevel")
+
+
+@dataclass
+class Bank:
+    """One memory: vectors (N, D) and, for each, the index of the training video it came from (N,)."""
+    vectors: np.ndarray
+    video: np.ndarray
+
+    @property
+    def megabytes(self) -> float:
+        return self.vectors.nbytes / 2**20
+
+    def without_video(self, video_index: int) -> np.ndarray:
+        """The bank less the vectors of one training video: (N', D)."""
+        return self.vectors[self.video != video_index]
+
+
+def build_bank(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
+               projection: bool = False, projection_eps: float = 0.9) -> Bank:
+    """Coreset each video's vectors (N_v, D) and concatenate -> Bank (N, D)."""
+    kept, owner = [], []
+    for v, vectors in enumerate(per_video):
+        if len(vectors) == 0:
+            continue
+        x = torch.as_tensor(vectors, dtype=torch.float32, device=device)    # (N_v, D)
+        if projection:
+            x = random_projection(x, projection_eps)
+        index = greedy_coreset(x, coreset_size(len(vectors), ratio)).cpu().numpy()
+        kept.append(vectors[index])
+        owner.append(np.full(len(index), v, dtype=np.int32))
+    if not kept:
+        raise ValueError("no vectors to build a memory from")
+    return Bank(np.concatenate(kept).astype(np.float32), np.concatenate(owner))
+
+
+def save_memory(path, banks: dict[str, Bank]) -> None:
+    """Write the banks to an .npz file (no pickles)."""
+    arrays = {}
+    for name, bank in banks.items():
+        arrays[f"{name}_vectors"], arrays[f"{name}_video"] = bank.vectors, bank.video
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_memory(path) -> dict[str, Bank]:
+    with np.load(path, allow_pickle=False) as z:
+        return {name: Bank(z[f"{name}_vectors"], z[f"{name}_video"]) for name in STREAMS}
