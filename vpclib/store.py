@@ -26,6 +26,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)                          # mkstemp makes 0600; artifacts are ordinary files
     try:
         yield Path(tmp)
         os.replace(tmp, path)
