@@ -215,8 +215,11 @@ def load_params(path, **overrides) -> Config:
             continue
         node = raw
         *parents, last = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: params section '{'.'.join(parents[:i + 1])}' must be a mapping "
+                                  f"to take the override '{dotted}', got {node!r}")
         node[last] = value
     try:
         return from_dict(raw)

@@ -104,7 +104,11 @@ def _read_state_dict(path: Path) -> dict:
         raise WeightsUnavailableError(f"encoder.pretrained: checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:                                            # truncated or not safetensors
+            raise WeightsUnavailableError(f"encoder.pretrained: {path} is not a readable .safetensors "
+                                          f"file ({err})") from err
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -149,13 +153,15 @@ def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
                 f".safetensors) and set encoder.pretrained: /path/to/that/file") from err
         visual = model.visual
     else:
-        torch.manual_seed(seed)
-        visual = open_clip.create_model("RN101", pretrained=None).visual
-        if pretrained != "random":
+        state = None
+        if pretrained != "random":                                          # read (and fail) before building
             path = Path(pretrained).expanduser()
             state = _read_state_dict(path)
             if any(k.startswith("visual.") for k in state):
                 state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        torch.manual_seed(seed)
+        visual = open_clip.create_model("RN101", pretrained=None).visual
+        if state is not None:
             _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path))
     return CLIPResNetStages(visual)
 

@@ -81,13 +81,13 @@ def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_gri
     """The reference grid search on the test labels.
 
     First (a, sigma) for the local-only score, then, with that a, (b, sigma) for all streams.
-    Ties keep the first setting in grid order.
+    The reference's loop order decides ties: sigma outer, the weight inner from the largest
+    down, and the first best setting is kept.
     """
     best_local = (-1.0, None, None)
-    for a in a_grid:
-        raw = local_stream(spatial, temporal, a)
-        for sigma in sigma_grid:
-            value = auc(labels, minmax(smooth(raw, sigma)))
+    for sigma in sigma_grid:
+        for a in sorted(a_grid, reverse=True):
+            value = auc(labels, minmax(smooth(local_stream(spatial, temporal, a), sigma)))
             if value > best_local[0]:
                 best_local = (value, a, sigma)
     auc_local, a, sigma_local = best_local
@@ -97,7 +97,7 @@ def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_gri
     for sigma in sigma_grid:
         local = smooth(z_local, sigma)
         high = per_video(lambda h: smooth(h, sigma), z_high, video_ids)
-        for b in b_grid:
+        for b in sorted(b_grid, reverse=True):
             value = auc(labels, minmax(b * local + (1 - b) * high))
             if value > best[0]:
                 best = (value, b, sigma)

@@ -20,9 +20,11 @@ STREAMS = ("spatial", "temporal", "highlevel")
 
 @dataclass
 class Bank:
-    """One memory: vectors (N, D) and, for each, the index of the training video it came from (N,)."""
+    """One memory: vectors (N, D); for each, the training video it came from (N,) and its row
+    among that video's candidate vectors (N,) (for spatial: object = row // 49, patch = row % 49)."""
     vectors: np.ndarray
     video: np.ndarray
+    row: np.ndarray
 
     @property
     def megabytes(self) -> float:
@@ -36,7 +38,7 @@ class Bank:
 def build_bank(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
                projection: bool = False, projection_eps: float = 0.9) -> Bank:
     """Coreset each video's vectors (N_v, D) and concatenate -> Bank (N, D)."""
-    kept, owner = [], []
+    kept, owner, rows = [], [], []
     for v, vectors in enumerate(per_video):
         if len(vectors) == 0:
             continue
@@ -46,20 +48,21 @@ def build_bank(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
         index = greedy_coreset(x, coreset_size(len(vectors), ratio)).cpu().numpy()
         kept.append(vectors[index])
         owner.append(np.full(len(index), v, dtype=np.int32))
+        rows.append(index.astype(np.int64))
     if not kept:
         raise ValueError("no vectors to build a memory from")
-    return Bank(np.concatenate(kept).astype(np.float32), np.concatenate(owner))
+    return Bank(np.concatenate(kept).astype(np.float32), np.concatenate(owner), np.concatenate(rows))
 
 
 def save_memory(path, banks: dict[str, Bank]) -> None:
     """Write the banks to an .npz file (no pickles)."""
     arrays = {}
     for name, bank in banks.items():
-        arrays[f"{name}_vectors"], arrays[f"{name}_video"] = bank.vectors, bank.video
+        arrays[f"{name}_vectors"], arrays[f"{name}_video"], arrays[f"{name}_row"] = bank.vectors, bank.video, bank.row
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 
 
 def load_memory(path) -> dict[str, Bank]:
     with np.load(path, allow_pickle=False) as z:
-        return {name: Bank(z[f"{name}_vectors"], z[f"{name}_video"]) for name in STREAMS}
+        return {name: Bank(z[f"{name}_vectors"], z[f"{name}_video"], z[f"{name}_row"]) for name in STREAMS}

@@ -137,7 +137,7 @@ class MotionDetector:
 
     The background of a video is the per-pixel median of `n_background` evenly spaced frames;
     a pixel is foreground when its grey level differs by more than `threshold`; foreground is
-    cleaned (morphological open, then dilate) and every connected blob of at least `min_area`
+    cleaned (morphological open, then a 3x3 dilation) and every connected blob of at least `min_area`
     pixels is one object, of class 0 (person) and confidence 1.
     """
 
@@ -154,7 +154,7 @@ class MotionDetector:
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         mask = (cv2.absdiff(grey, self.background) > self.threshold).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        mask = cv2.dilate(mask, np.ones((5, 5), np.uint8), iterations=2)
+        mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=1)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
         rows = [(x, y, x + w, y + h, 1.0, 0) for x, y, w, h, area in stats[1:] if area >= self.min_area]
         return np.asarray(rows, dtype=np.float64).reshape(-1, 6)

@@ -1,0 +1,305 @@
+"""objects: box growth, middle frames, detection filters, crops (METHOD.md §2).
+
+Expected boxes are worked out by hand in the comments; crops are compared with OpenCV.
+"""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vpclib.errors import ConfigError
+from vpclib.objects import (BoxesFileDetector, MotionDetector, crop_and_resize, detect_clip_objects,
+                            grow_box, middle_frame_offset, select_objects)
+
+W, H = 640, 360  # Avenue
+
+
+# ---------------------------------------------------------------------------------------------
+# grow_box
+
+@pytest.mark.parametrize("box, growth, expected", [
+    # tall 20 x 40, f = 1: x grows (40 - 20) / 2 = 10 each side
+    ((10, 20, 30, 60), 1.0, (0, 20, 40, 60)),
+    # wide 40 x 10, f = 1: y grows 15 each side
+    ((100, 100, 140, 110), 1.0, (100, 85, 140, 125)),
+    # already square: unchanged
+    ((5, 6, 25, 26), 1.0, (5, 6, 25, 26)),
+    # f = 1.2, 50 x 20: x -= 10, x += 10, y -= 4, y += 4 -> (90, 96, 160, 124), 70 x 28;
+    # wide, so y grows (70 - 28) / 2 = 21 each side -> (90, 75, 160, 145)
+    ((100, 100, 150, 120), 1.2, (90, 75, 160, 145)),
+    # f = 1.2, tall 10 x 40: (48, -8, 62, 48), 14 x 56; x grows 21 -> (27, -8, 83, 48);
+    # clipped at the top -> (27, 0, 83, 48), no longer square
+    ((50, 0, 60, 40), 1.2, (27, 0, 83, 48)),
+    # left border: tall 10 x 30 -> x grows 10 -> (-8, 3, 22, 33) -> clipped (0, 3, 22, 33)
+    ((2, 3, 12, 33), 1.0, (0, 3, 22, 33)),
+    # right border: tall 10 x 20 -> (625, 100, 645, 120) -> x2 clipped to 640
+    ((630, 100, 640, 120), 1.0, (625, 100, 640, 120)),
+    # bottom border: wide 40 x 10 -> (100, 335, 140, 375) -> y2 clipped to 360
+    ((100, 350, 140, 360), 1.0, (100, 335, 140, 360)),
+    # a box larger than the frame is clipped on all four sides
+    ((-100, -50, 700, 400), 1.0, (0, 0, 640, 360)),
+    # truncation: 20.2 x 10.2 -> y grows 5 -> (10.7, 15.3, 30.9, 35.5) -> int (10, 15, 30, 35)
+    ((10.7, 20.3, 30.9, 30.5), 1.0, (10, 15, 30, 35)),
+    # truncation of f = 1.2 growth: 10 x 10 -> x1 = 20.5 - 2 = 18.5, x2 = 30.5 + 2 = 32.5,
+    # y1 = 7.9 - 2 = 5.9, y2 = 17.9 + 2 = 19.9 -> int (18, 5, 32, 19)
+    ((20.5, 7.9, 30.5, 17.9), 1.2, (18, 5, 32, 19)),
+])
+def test_grow_box_hand_worked(box, growth, expected):
+    out = grow_box(np.array(box, dtype=np.float64), growth, W, H)
+    assert out == expected
+    assert all(type(v) is int for v in out)
+
+
+@pytest.mark.parametrize("box", [
+    (700, 10, 720, 20),          # right of the frame: x1 = x2 = 640 after clipping
+    (-50, -50, -10, -10),        # above-left of the frame: all zero
+    (10, 400, 30, 420),          # below the frame
+    (10.2, 10.2, 10.9, 10.9),    # 0.7 px wide: truncation makes x1 == x2
+])
+def test_grow_box_empty_after_clipping_is_none(box):
+    assert grow_box(np.array(box, dtype=np.float64), 1.0, W, H) is None
+
+
+def test_grow_box_accepts_detection_rows():
+    # a (6,) detection row: only the first four values are the box
+    assert grow_box(np.array([10, 20, 30, 60, 0.9, 0]), 1.0, W, H) == (0, 20, 40, 60)
+
+
+# ---------------------------------------------------------------------------------------------
+# middle frames and selection
+
+@pytest.mark.parametrize("clip_length, offset", [(10, 5), (4, 2), (3, 2), (2, 1), (5, 2), (16, 8)])
+def test_middle_frame_offset(clip_length, offset):
+    assert middle_frame_offset(clip_length) == offset
+
+
+def test_select_objects_filters_class_and_strict_confidence():
+    detections = np.array([
+        [10, 20, 30, 60, 0.70, 0],      # confidence == threshold: dropped (strict >)
+        [10, 20, 30, 60, 0.95, 5],      # bus: not a kept class
+        [100, 100, 140, 110, 0.71, 7],  # truck, kept -> (100, 85, 140, 125)
+        [700, 10, 720, 20, 0.99, 2],    # car, but empty after clipping
+        [2, 3, 12, 33, 0.9, 0],         # person, kept -> (0, 3, 22, 33)
+        [5, 6, 25, 26, 0.8, 16],        # dog: dropped
+    ])
+    out = select_objects(detections, 0.7, (0, 1, 2, 3, 7), 1.0, W, H)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, [[100, 85, 140, 125], [0, 3, 22, 33]])
+
+
+def test_select_objects_growth_and_empty():
+    det = np.array([[100, 100, 150, 120, 0.9, 0]])
+    np.testing.assert_array_equal(select_objects(det, 0.6, [0], 1.2, W, H), [[90, 75, 160, 145]])
+    assert select_objects(np.zeros((0, 6)), 0.6, [0], 1.0, W, H).shape == (0, 4)
+    assert select_objects(det, 0.95, [0], 1.0, W, H).shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# crops against OpenCV
+
+def _random_boxes(rng, n, width, height, lo, hi, touch_borders=True):
+    """n boxes with extents in [lo, hi]; a share of them touch the frame's borders."""
+    boxes = []
+    for i in range(n):
+        w = int(rng.integers(lo, min(hi, width) + 1))
+        h = int(rng.integers(lo, min(hi, height) + 1))
+        x1 = int(rng.integers(0, width - w + 1))
+        y1 = int(rng.integers(0, height - h + 1))
+        if touch_borders:
+            if i % 5 == 1:
+                x1 = 0
+            elif i % 5 == 2:
+                x1 = width - w
+            elif i % 5 == 3:
+                y1 = 0
+            elif i % 5 == 4:
+                y1 = height - h
+        boxes.append((x1, y1, x1 + w, y1 + h))
+    return np.array(boxes)
+
+
+# OpenCV's default (IPP) path computes sample positions exactly; without IPP it rounds them to
+# float32, which moves values on sharp random-noise edges by up to ~0.005 grey levels
+CV2_ATOL = 1e-3 if cv2.ipp.useIPP() else 1e-2
+
+
+def _numpy_crops(frames, frame_index, boxes, size):
+    """Plain float64 bilinear resize with half-pixel centres and edge clamping."""
+    def positions(extent):
+        p = np.clip((np.arange(size) + 0.5) * extent / size - 0.5, 0, extent - 1)
+        i0 = np.floor(p).astype(int)
+        return i0, np.minimum(i0 + 1, extent - 1), p - i0
+
+    out = np.empty((len(boxes), size, size, 3))
+    for k, (f, (x1, y1, x2, y2)) in enumerate(zip(frame_index, boxes)):
+        crop = frames[f, y1:y2, x1:x2].astype(np.float64)
+        ya, yb, fy = positions(y2 - y1)
+        xa, xb, fx = positions(x2 - x1)
+        for i in range(size):
+            row = crop[ya[i]] * (1 - fy[i]) + crop[yb[i]] * fy[i]           # (w, 3)
+            out[k, i] = row[xa] * (1 - fx)[:, None] + row[xb] * fx[:, None]
+    return out
+
+
+def _cv2_crops(frames, frame_index, boxes, size):
+    out = []
+    for f, (x1, y1, x2, y2) in zip(frame_index, boxes):
+        crop = frames[f, y1:y2, x1:x2].astype(np.float32)
+        out.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("size, frame_hw, extent", [
+    (64, (50, 70), (1, 40)),        # upsampling small boxes, including 1-pixel-wide ones
+    (64, (300, 400), (65, 300)),    # downsampling
+    (224, (300, 400), (225, 300)),  # downsampling to 224
+    (64, (300, 400), (20, 300)),    # a mix of both, non-square boxes
+])
+def test_crop_and_resize_matches_cv2(rng, size, frame_hw, extent):
+    n_frames = 3
+    frames = rng.integers(0, 256, (n_frames, *frame_hw, 3), dtype=np.uint8)
+    boxes = _random_boxes(rng, 40, frame_hw[1], frame_hw[0], *extent)
+    frame_index = rng.integers(0, n_frames, len(boxes))
+    ours = crop_and_resize(torch.from_numpy(frames), torch.from_numpy(frame_index), torch.from_numpy(boxes), size)
+    assert ours.dtype == torch.float32 and ours.shape == (len(boxes), size, size, 3)
+    np.testing.assert_allclose(ours.numpy(), _numpy_crops(frames, frame_index, boxes, size), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(ours.numpy(), _cv2_crops(frames, frame_index, boxes, size), rtol=0, atol=CV2_ATOL)
+
+
+def test_crop_and_resize_special_extents(rng):
+    """Whole frame, exact factors 2 (OpenCV takes its INTER_AREA path there) and 1, float frames."""
+    frames = rng.integers(0, 256, (2, 128, 256, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 256, 128], [0, 0, 128, 128], [128, 0, 256, 128], [10, 20, 74, 84],
+                      [255, 127, 256, 128], [0, 0, 1, 128], [0, 0, 256, 1]])
+    frame_index = np.array([0, 1, 0, 1, 0, 1, 0])
+    expected = _cv2_crops(frames, frame_index, boxes, 64)
+    for as_float in (False, True):
+        x = torch.from_numpy(frames).float() if as_float else torch.from_numpy(frames)
+        ours = crop_and_resize(x, torch.from_numpy(frame_index), torch.from_numpy(boxes), 64)
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=CV2_ATOL)
+    # the 64 x 64 box at factor 1 is a plain copy
+    np.testing.assert_array_equal(ours[3].numpy(), frames[1, 20:84, 10:74].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# detectors
+
+def test_motion_detector_finds_one_bright_rectangle(fake_video_cls):
+    frames = np.full((20, 60, 80, 3), 100, np.uint8)
+    frames[7, 20:30, 30:45] = 250                        # rows 20..29, columns 30..44
+    video = fake_video_cls(frames)
+    detector = MotionDetector(threshold=25, min_area=60, n_background=50)
+    detector.begin_video(video)
+    np.testing.assert_array_equal(detector.background, np.full((60, 80), 100))
+    # open(3x3) keeps the solid rectangle; one 3x3 dilation grows it by 1 px on every side:
+    # x 29..45, y 19..30 -> x, y, x + w, y + h = 29, 19, 46, 31
+    np.testing.assert_array_equal(detector.detect(frames[7]), [[29, 19, 46, 31, 1.0, 0]])
+    assert detector.detect(frames[3]).shape == (0, 6)
+
+
+def test_motion_detector_min_area(fake_video_cls):
+    frames = np.full((10, 60, 80, 3), 100, np.uint8)
+    frames[4, 10:13, 10:13] = 255                        # 3 x 3 -> 5 x 5 = 25 px after dilation
+    detector = MotionDetector(threshold=25, min_area=26)
+    detector.begin_video(fake_video_cls(frames))
+    assert detector.detect(frames[4]).shape == (0, 6)
+    detector.min_area = 25
+    np.testing.assert_array_equal(detector.detect(frames[4]), [[9, 9, 14, 14, 1.0, 0]])
+
+
+def _write_csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+def test_boxes_file_detector(tmp_path):
+    path = tmp_path / "boxes.csv"
+    _write_csv(path, ["video", "frame", "x1", "y1", "x2", "y2", "confidence", "class"], [
+        ("01", 2, 10, 20, 30, 60, 0.9, 0),
+        ("01", 2, 100, 100, 140, 110, 0.8, 7),
+        ("01", 3, 1, 2, 3, 4, 0.99, 0),
+        ("02", 2, 5, 6, 25, 26, 0.7, 2),
+    ])
+    detector = BoxesFileDetector(path)
+
+    class V:
+        name = "01"
+
+    detector.begin_video(V())
+    np.testing.assert_array_equal(detector.detect_at(2), [[10, 20, 30, 60, 0.9, 0], [100, 100, 140, 110, 0.8, 7]])
+    np.testing.assert_array_equal(detector.detect_at(3), [[1, 2, 3, 4, 0.99, 0]])
+    assert detector.detect_at(4).shape == (0, 6)
+    V.name = "02"
+    detector.begin_video(V())
+    np.testing.assert_array_equal(detector.detect_at(2), [[5, 6, 25, 26, 0.7, 2]])
+
+
+def test_boxes_file_detector_errors(tmp_path):
+    path = tmp_path / "no_class.csv"
+    _write_csv(path, ["video", "frame", "x1", "y1", "x2", "y2", "confidence"], [("01", 2, 10, 20, 30, 60, 0.9)])
+    with pytest.raises(ConfigError, match="class") as info:
+        BoxesFileDetector(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        BoxesFileDetector(tmp_path / "missing.csv")
+    assert "missing.csv" in str(info.value)
+    bad = tmp_path / "bad.csv"
+    _write_csv(bad, ["video", "frame", "x1", "y1", "x2", "y2", "confidence", "class"], [("01", "two", 1, 2, 3, 4, 0.9, 0)])
+    with pytest.raises(ConfigError, match="line 2") as info:
+        BoxesFileDetector(bad)
+    assert str(bad) in str(info.value)
+
+
+class RecordingDetector:
+    """Returns one box per frame, placed according to the frame's fill value (= its index)."""
+
+    def __init__(self):
+        self.seen, self.videos = [], []
+
+    def begin_video(self, video):
+        self.videos.append(video.name)
+
+    def detect(self, frame):
+        i = int(frame[0, 0, 0])
+        self.seen.append(i)
+        return np.array([[i, 10, i + 20, 50, 0.9, 0],     # 20 x 40 -> (i - 10, 10, i + 30, 50)
+                         [i, 10, i + 20, 50, 0.5, 0]])    # below the confidence threshold
+
+
+def test_detect_clip_objects_sees_middle_frames(fake_video_cls):
+    n_frames, clip_length = 35, 10
+    frames = np.arange(n_frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 60, 80, 3), np.uint8)
+    video = fake_video_cls(frames, name="vid")
+    detector = RecordingDetector()
+    starts = np.array([0, 10, 20])                       # 35 frames: three clips, 5 frames left over
+    out = detect_clip_objects(video, starts, clip_length, detector, 0.6, (0,), 1.0)
+    assert detector.videos == ["vid"]
+    assert detector.seen == [5, 15, 25]                  # T // 2 inside each clip
+    assert video.requests == [[5, 15, 25]]               # each middle frame decoded once, nothing else
+    assert len(out) == 3
+    for i, boxes in zip((5, 15, 25), out):
+        # x1 = i - 10 is clipped at 0 for i = 5; the frame is 80 wide
+        np.testing.assert_array_equal(boxes, [[max(i - 10, 0), 10, min(i + 30, 80), 50]])
+
+
+def test_detect_clip_objects_short_clips_and_boxes_file(tmp_path, fake_video_cls):
+    # T = 3: the last frame of each clip (offset 2); IITB-like starts 1 + k*T
+    frames = np.arange(12, dtype=np.uint8)[:, None, None, None] * np.ones((1, 60, 80, 3), np.uint8)
+    detector = RecordingDetector()
+    detect_clip_objects(fake_video_cls(frames), np.array([1, 4, 7]), 3, detector, 0.6, (0,), 1.0)
+    assert detector.seen == [3, 6, 9]
+
+    path = tmp_path / "boxes.csv"
+    _write_csv(path, ["video", "frame", "x1", "y1", "x2", "y2", "confidence", "class"], [
+        ("v0", 2, 10, 20, 30, 60, 0.9, 0),      # middle of clip 0 (T = 4: offset 2)
+        ("v0", 3, 10, 20, 30, 60, 0.9, 0),      # not a middle frame: ignored
+        ("v0", 10, 30, 10, 40, 20, 0.65, 2),    # middle of clip 2: a 10 x 10 square, kept as is
+        ("v0", 10, 30, 10, 40, 20, 0.5, 2),     # below the threshold
+        ("v1", 6, 30, 10, 40, 20, 0.9, 2),      # another video
+    ])
+    video = fake_video_cls(frames, name="v0")
+    out = detect_clip_objects(video, np.array([0, 4, 8]), 4, BoxesFileDetector(path), 0.6, (0, 2), 1.0)
+    assert video.requests == []                          # a boxes file needs no frame
+    np.testing.assert_array_equal(out[0], [[0, 20, 40, 60]])
+    assert out[1].shape == (0, 4)
+    np.testing.assert_array_equal(out[2], [[30, 10, 40, 20]])
