@@ -303,3 +303,39 @@ def test_detect_clip_objects_short_clips_and_boxes_file(tmp_path, fake_video_cls
     np.testing.assert_array_equal(out[0], [[0, 20, 40, 60]])
     assert out[1].shape == (0, 4)
     np.testing.assert_array_equal(out[2], [[30, 10, 40, 20]])
+
+
+# ---------------------------------------------------------------------------------------------
+# the YOLO detectors: real ultralytics code on a random-init checkpoint written here, and the
+# offline errors (no download is ever attempted in tests)
+
+def test_ultralytics_detector_on_a_local_random_checkpoint(tmp_path):
+    ultralytics = pytest.importorskip("ultralytics")
+    from vpclib.objects import UltralyticsDetector
+    model = ultralytics.YOLO("yolov8n.yaml")                                 # architecture only, random weights
+    weights = tmp_path / "random_yolov8n.pt"
+    model.save(str(weights))
+    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    detections = UltralyticsDetector(str(weights)).detect(frame)             # (K, 6)
+    # the same frame through ultralytics directly, computed independently of our wrapper
+    direct = ultralytics.YOLO(str(weights)).predict(frame, verbose=False, conf=0.01)[0].boxes
+    assert detections.shape == (len(direct), 6)
+    np.testing.assert_allclose(detections[:, :4], direct.xyxy.numpy(), atol=1e-4)
+    np.testing.assert_allclose(detections[:, 4], direct.conf.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(detections[:, 5], direct.cls.numpy())
+
+
+def test_ultralytics_weights_unavailable_offline_say_how_to_fix(monkeypatch):
+    from vpclib.errors import WeightsUnavailableError
+    from vpclib.objects import UltralyticsDetector
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match=r"objects.weights: /path/to/yolov5lu.pt"):
+        UltralyticsDetector("yolov5lu.pt")
+
+
+def test_yolov5_hub_offline_is_an_immediate_clear_error(monkeypatch):
+    from vpclib.errors import WeightsUnavailableError
+    from vpclib.objects import YOLOv5HubDetector
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="torch.hub.*ultralytics"):
+        YOLOv5HubDetector("yolov5l")
