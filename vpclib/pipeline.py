@@ -111,9 +111,22 @@ def _boxes_from_json(videos: dict) -> dict[str, list[np.ndarray]]:
 # 2. features
 
 def encode(encoder, crops: torch.Tensor, mode: str, batch_size: int, reduce) -> torch.Tensor:
-    """Run the encoder over crops (N, S, S, 3) in batches; `reduce(mid, deep)` each batch; concat."""
-    out = [reduce(*encoder(preprocess(crops[i:i + batch_size], mode))) for i in range(0, len(crops), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    """Run the encoder over crops (N, S, S, 3) in batches; `reduce(mid, deep)` each batch; concat.
+
+    On CUDA each batch goes in channels-last layout, cuDNN's fast path for convolutions, and the
+    encoder's weights are put in that layout once (the same values: convolutions then need no
+    per-call weight transposes).
+    """
+    if crops.is_cuda and not getattr(encoder, "channels_last", False):
+        encoder.to(memory_format=torch.channels_last)
+        encoder.channels_last = True
+    out = []
+    for i in range(0, len(crops), batch_size):
+        x = preprocess(crops[i:i + batch_size], mode)                       # (b, 3, 224, 224)
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(reduce(*encoder(x)))
+    return torch.cat(out) if out else torch.empty(0, device=crops.device)
 
 
 def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: Config) -> dict[str, torch.Tensor]:
@@ -121,7 +134,10 @@ def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: C
 
     frames (B*T, H, W, 3) uint8 BGR on the device, clip b holding frames b*T .. b*T+T-1;
     boxes: B arrays (K_b, 4). Returns spatial (K, 49, C), temporal_mean / temporal_max
-    (K, T-1, C), highlevel (B, T, D) and object_clip (K,).
+    (K, T-1, C), highlevel (B, T, D) and object_clip (K,), all on the device of `frames`.
+
+    Crops are cut one encoder batch at a time, so the float crops never exceed one batch; on CUDA
+    the few host arrays (boxes) go through pinned memory, so nothing here waits for the device.
     """
     t, c = cfg.method.clip_length, cfg.method.channel_groups
     mode, batch = cfg.encoder.preprocessing, cfg.encoder.batch_size
@@ -129,26 +145,35 @@ def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: C
     n_clips = n_frames // t
     device = frames.device
 
+    def on_device(x: np.ndarray) -> torch.Tensor:                             # no host sync on CUDA
+        x = torch.as_tensor(x, dtype=torch.long)
+        return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+    def encode_crops(frame_index, crop_boxes, size, reduce):                  # (N,), (N, 4) -> (N, ...)
+        return torch.cat([encode(encoder, crop_and_resize(frames, frame_index[i:i + batch], crop_boxes[i:i + batch], size),
+                                 mode, batch, reduce) for i in range(0, len(frame_index), batch)])
+
     # global stream: every whole frame resized to 224 x 224
-    full = torch.tensor([[0, 0, width, height]] * n_frames)
-    whole = crop_and_resize(frames, torch.arange(n_frames), full, 224)         # (B*T, 224, 224, 3)
-    g = encode(encoder, whole, mode, batch, global_descriptors)               # (B*T, D)
+    full = torch.zeros(n_frames, 4, dtype=torch.long, device=device)        # (B*T, 4) boxes 0, 0, W, H
+    full[:, 2], full[:, 3] = width, height
+    g = encode_crops(torch.arange(n_frames, device=device), full, 224, global_descriptors)  # (B*T, D)
     g = g.view(n_clips, t, -1).transpose(1, 2)                                # (B, D, T)
     out = {"highlevel": highlevel_vectors(g)}                                 # (B, T, D)
 
     # local stream: each object's box cut from the T frames of its clip
-    object_clip = torch.tensor([b for b, k in enumerate(boxes) for _ in range(len(k))], dtype=torch.long)
-    n_obj = len(object_clip)
+    counts = [len(k) for k in boxes]
+    n_obj = sum(counts)
+    object_clip = on_device(np.repeat(np.arange(len(boxes)), counts))        # (K,)
     out["object_clip"] = object_clip
     if n_obj == 0:
-        out["spatial"] = torch.zeros(0, 49, c)
-        out["temporal_mean"] = out["temporal_max"] = torch.zeros(0, t - 1, c)
+        out["spatial"] = torch.zeros(0, 49, c, device=device)
+        out["temporal_mean"] = out["temporal_max"] = torch.zeros(0, t - 1, c, device=device)
         return out
-    obj_boxes = torch.as_tensor(np.concatenate([k for k in boxes if len(k)]), dtype=torch.long)  # (K, 4)
-    frame_index = (object_clip[:, None] * t + torch.arange(t)[None]).reshape(-1)   # (K*T,)
-    size = cfg.objects.crop_size
-    crops = crop_and_resize(frames, frame_index, obj_boxes.repeat_interleave(t, 0), size)  # (K*T, S, S, 3)
-    maps = encode(encoder, crops, mode, batch, lambda m, d: local_maps(m, d, c))   # (K*T, C, 28, 28)
+    obj_boxes = on_device(np.concatenate([k for k in boxes if len(k)]).reshape(-1, 4))  # (K, 4)
+    frame_index = (object_clip[:, None] * t + torch.arange(t, device=device)[None]).reshape(-1)  # (K*T,)
+    crop_boxes = obj_boxes[:, None].expand(n_obj, t, 4).reshape(-1, 4)       # (K*T, 4)
+    maps = encode_crops(frame_index, crop_boxes, cfg.objects.crop_size,
+                        lambda m, d: local_maps(m, d, c))                     # (K*T, C, 28, 28)
     local = maps.view(n_obj, t, c, 28, 28).permute(0, 2, 1, 3, 4)             # (K, C, T, 28, 28)
     out["spatial"] = spatial_vectors(local)                                   # (K, 49, C)
     out["temporal_mean"] = temporal_vectors(local, "mean")                    # (K, T-1, C)
@@ -158,20 +183,55 @@ def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: C
 
 def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, cfg: Config,
                    clips_per_chunk: int | None = None) -> dict[str, np.ndarray]:
-    """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time."""
+    """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time.
+
+    Decoding runs in background threads (a pool over frame files; one thread over a video file),
+    up to two chunks ahead of the encoder. On CUDA a chunk is decoded straight into pinned memory
+    and copied without blocking, and the vectors stay on the device until the video ends: one
+    host sync per video, so decoding, copies and the encoder overlap.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     t = cfg.method.clip_length
     device = encoder.device
-    clips_per_chunk = clips_per_chunk or max(1, 128 // t)
+    cuda = device.type == "cuda"
+    clips_per_chunk = clips_per_chunk or max(1, (256 if cuda else 128) // t)
+    chunks = [(lo, min(clips_per_chunk, len(starts) - lo)) for lo in range(0, len(starts), clips_per_chunk)]
     needed = [int(s) + i for s in starts for i in range(t)]
-    frame_iter = video.iter_frames(needed)
-    parts = []
-    for lo in range(0, len(starts), clips_per_chunk):
-        n = min(clips_per_chunk, len(starts) - lo)
-        frames = np.stack([frame for _, frame in itertools.islice(frame_iter, n * t)])  # (n*T, H, W, 3)
-        feats = clip_features(torch.from_numpy(frames).to(device), boxes[lo:lo + n], encoder, cfg)
-        feats["object_clip"] = feats["object_clip"] + lo
-        parts.append({k: v.cpu() for k, v in feats.items()})
-    out = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+    width, height = video.frame_size
+    paths = getattr(video, "frame_paths", None)                               # None: decode sequentially
+    frame_iter = video.iter_frames(needed)                                    # checks the indices up front
+
+    def decode(lo: int, n: int) -> torch.Tensor:                              # -> (n*T, H, W, 3) uint8
+        buf = torch.empty((n * t, height, width, 3), dtype=torch.uint8, pin_memory=cuda)
+        arr = buf.numpy()
+        if paths is None:
+            for j, (_, frame) in enumerate(itertools.islice(frame_iter, n * t)):
+                arr[j] = frame
+        else:
+            def read(j):
+                arr[j] = datasets.read_image(paths[needed[lo * t + j]])
+            list(readers.map(read, range(n * t)))
+        return buf
+
+    n_readers = 1 if paths is None else min(16, os.cpu_count() or 1)
+    parts, in_flight = [], deque()
+    with ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(n_readers) as readers:
+        pending = deque(ahead.submit(decode, lo, n) for lo, n in chunks[:2])
+        for k, (lo, n) in enumerate(chunks):
+            frames = pending.popleft().result()                               # (n*T, H, W, 3)
+            if k + 2 < len(chunks):
+                pending.append(ahead.submit(decode, *chunks[k + 2]))
+            feats = clip_features(frames.to(device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
+            feats["object_clip"] = feats["object_clip"] + lo
+            parts.append(feats)
+            if cuda:                                                          # at most 2 chunks queued on the device
+                in_flight.append(torch.cuda.Event())
+                in_flight[-1].record(torch.cuda.current_stream(device))
+                if len(in_flight) > 2:
+                    in_flight.popleft().synchronize()
+    out = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     out["boxes"] = np.concatenate([b for b in boxes] or [np.zeros((0, 4))]).reshape(-1, 4).astype(np.int64)
     return out
 
@@ -374,3 +434,78 @@ def run(cfg: Config, work_dir, overwrite: bool = False) -> dict:
     for split in SPLITS:
         extract_features(cfg, work, split, encoder=encoder)
     return evaluate(cfg, work)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. reading results back, and explaining a score (the notebooks)
+
+def read_scores(path) -> dict[str, np.ndarray]:
+    """scores.csv -> {column: (F,) array}: video names as str, frame and label as int, scores as float."""
+    import csv
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    kinds = {"video": str, "frame": np.int64, "label": np.int64}
+    return {name: np.array([r[j] for r in rows], dtype=kinds.get(name, np.float64)) for j, name in enumerate(header)}
+
+
+@torch.no_grad()
+def nearest_memory(queries: np.ndarray, bank: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's nearest memory vector: (Q, D), (N, D) -> distances (Q,), indices (Q,) into the bank."""
+    q, m = torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(bank, dtype=torch.float32)
+    index = torch.cat([torch.cdist(q[lo:lo + chunk], m).argmin(1) for lo in range(0, len(q), chunk)]
+                      or [torch.zeros(0, dtype=torch.long)])                  # (Q,)
+    return torch.linalg.vector_norm(q - m[index], dim=1).numpy(), index.numpy()   # exact distance to it
+
+
+def crop_object(video, frame: int, box, size: int) -> np.ndarray:
+    """frame[y1:y2, x1:x2] of a video resized to size x size (BGR uint8), for display."""
+    import cv2
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return cv2.resize(video.read_frame(int(frame))[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def explain_spatial(cfg: Config, work: WorkDir, n_examples: int = 4, crop_size: int = 112) -> list[dict]:
+    """The most anomalous test objects by spatial score (one per video, highest first), each with
+    its worst patch and the training patch nearest to that patch in the spatial memory.
+
+    The memory remembers where each vector came from (Bank.video, Bank.row): for the spatial bank,
+    object = row // 49 and patch = row % 49 among that training video's objects. Crops are cut
+    from the clip's middle frame (the frame the detector saw).
+    """
+    from .objects import middle_frame_offset
+    banks = build_memories(cfg, work)
+    bank = banks["spatial"]
+    test = read_features(extract_features(cfg, work, "test"))
+    train = read_features(extract_features(cfg, work, "train"))
+    worst = []                                                                # (distance, video, object, patch)
+    for name, feats in test.items():
+        k, n_patches, c = feats["spatial"].shape
+        if k == 0:
+            continue
+        dist, _ = nearest_memory(feats["spatial"].reshape(-1, c), bank.vectors)
+        dist = dist.reshape(k, n_patches)                                     # (K, 49)
+        obj = int(dist.max(1).argmax())
+        worst.append((float(dist[obj].max()), name, obj, int(dist[obj].argmax())))
+    worst.sort(key=lambda w: -w[0])
+    videos = {s: {v.name: v for v in load_videos(cfg, work, s)} for s in SPLITS}
+    train_names, offset = list(train), middle_frame_offset(cfg.method.clip_length)
+    out = []
+    for distance, name, obj, patch in worst[:n_examples]:
+        feats = test[name]
+        _, (m,) = nearest_memory(feats["spatial"][obj, patch][None], bank.vectors)
+        mem_name = train_names[int(bank.video[m])]
+        mem_obj, mem_patch = divmod(int(bank.row[m]), feats["spatial"].shape[1])
+        mem = train[mem_name]
+        frame = int(feats["clip_start"][feats["object_clip"][obj]]) + offset
+        mem_frame = int(mem["clip_start"][mem["object_clip"][mem_obj]]) + offset
+        out.append({
+            "test_video": name, "test_frame": frame, "test_box": feats["boxes"][obj].tolist(), "test_patch": patch,
+            "distance": distance, "score": distance ** cfg.method.power,
+            "memory_video": mem_name, "memory_frame": mem_frame, "memory_box": mem["boxes"][mem_obj].tolist(),
+            "memory_patch": mem_patch,
+            "test_crop": crop_object(videos["test"][name], frame, feats["boxes"][obj], crop_size),
+            "memory_crop": crop_object(videos["train"][mem_name], mem_frame, mem["boxes"][mem_obj], crop_size),
+            "test_title": f"test {name} frame {frame}, patch {patch}\ndistance to memory {distance:.2f}",
+            "memory_title": f"nearest: train {mem_name} frame {mem_frame}, patch {mem_patch}",
+        })
+    return out

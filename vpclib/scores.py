@@ -17,15 +17,35 @@ import torch
 
 
 @torch.no_grad()
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """L2 distance of each query to its nearest bank vector: (Q, D), (N, D) -> (Q,)."""
-    bank_sq = (bank * bank).sum(1)                                           # (N,)
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 8192,
+                      bank_chunk: int = 1 << 16) -> torch.Tensor:
+    """L2 distance of each query to its nearest bank vector: (Q, D), (N, D) -> (Q,).
+
+    The search ranks bank vectors by |m|^2 - 2 q.m (|q|^2 is the same for every m), as ONE matrix
+    product of augmented vectors [q, 1] . [-2m, |m|^2] (zero-padded to a multiple of 8 dims), in
+    blocks of at most `chunk` queries x `bank_chunk` bank vectors (2**27 entries at most),
+    keeping the first nearest index across blocks; the distance to it is then computed directly.
+    """
+    n, d = bank.shape
+    width = (d + 1 + 7) // 8 * 8
+    ranked = bank.new_zeros(n, width)                                        # (N, D') = [-2m, |m|^2, 0...]
+    ranked[:, :d] = -2.0 * bank
+    ranked[:, d] = (bank * bank).sum(1)
     out = torch.empty(len(queries), device=queries.device)
-    rows = max(1, min(chunk, (1 << 27) // max(1, len(bank))))               # bound the (rows, N) block
+    block = min(n, bank_chunk)
+    rows = max(1, min(chunk, (1 << 27) // max(1, block)))                   # bound the (rows, block) block
     for lo in range(0, len(queries), rows):
         q = queries[lo:lo + rows]                                            # (q, D)
-        d2 = (q * q).sum(1, keepdim=True) + bank_sq[None] - 2.0 * (q @ bank.T)  # (q, N)
-        nearest = d2.argmin(1)                                               # (q,)
+        augmented = q.new_zeros(len(q), width)                               # (q, D') = [q, 1, 0...]
+        augmented[:, :d], augmented[:, d] = q, 1.0
+        best, nearest = None, None
+        for b in range(0, n, block):
+            value, index = (augmented @ ranked[b:b + block].T).min(1)       # (q,) first minimum of the block
+            if best is None:
+                best, nearest = value, index
+            else:
+                closer = value < best                                        # ties keep the earlier block
+                best, nearest = torch.where(closer, value, best), torch.where(closer, index + b, nearest)
         out[lo:lo + rows] = torch.linalg.vector_norm(q - bank[nearest], dim=1)
     return out
 
