@@ -1,0 +1,93 @@
+"""notebooks: the papermill runner (a failing cell is named), committing outputs, and the helpers."""
+
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from vpclib import notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _notebook(*sources, parameters="PARAMS = ''\nWORK_DIR = ''"):
+    params = new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params] + [new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return nb
+
+
+def test_runner_stops_at_the_failing_cell_and_names_it(tmp_path, capsys):
+    source = tmp_path / "nbs"
+    source.mkdir()
+    nbformat.write(_notebook("x = 1", "print('ok', x)"), str(source / "good.ipynb"))
+    nbformat.write(_notebook("y = 2", "1 / 0", "print('never')"), str(source / "bad.ipynb"))
+    nbformat.write(_notebook("print('after')"), str(source / "later.ipynb"))
+    with pytest.raises(notebooks.NotebookError) as err:
+        notebooks.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
+                                figures_dir=tmp_path / "figs", names=("good", "bad", "later"), source_dir=source)
+    message = str(err.value)
+    # cell 3: the parameters cell, papermill's injected parameters, then "y = 2", then "1 / 0"
+    assert "bad.ipynb" in message and "cell 3" in message and "'1 / 0'" in message and "ZeroDivisionError" in message
+    assert (tmp_path / "runs/good.ipynb").is_file() and (tmp_path / "runs/bad.ipynb").is_file()
+    assert not (tmp_path / "runs/later.ipynb").exists()                 # stopped at the first failure
+    printed = capsys.readouterr().out
+    assert printed.startswith("good ") and " s " in printed.splitlines()[0]
+    executed = nbformat.read(str(tmp_path / "runs/good.ipynb"), as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert str((tmp_path / "w").resolve()) in injected[0].source        # absolute work dir passed
+
+
+def test_commit_outputs_drops_injected_parameters_and_keeps_outputs(tmp_path):
+    nb = _notebook("print(1)")
+    injected = new_code_cell("PARAMS = '/abs/params.yaml'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(1, injected)
+    nb.cells[2].outputs = [new_output("stream", name="stdout", text="1\n")]
+    nb.cells[2].execution_count = 3
+    nb.cells[2].metadata["papermill"] = {"duration": 1.5}
+    nb.metadata["papermill"] = {"start_time": "now"}
+    (tmp_path / "runs").mkdir()
+    nbformat.write(nb, str(tmp_path / "runs/x.ipynb"))
+    notebooks.commit_outputs(tmp_path / "runs", tmp_path, names=("x",))
+    out = nbformat.read(str(tmp_path / "x.ipynb"), as_version=4)
+    assert [c.source for c in out.cells] == ["PARAMS = ''\nWORK_DIR = ''", "print(1)"]
+    assert out.cells[1].outputs[0]["text"] == "1\n" and out.cells[1].execution_count == 2
+    assert "papermill" not in out.metadata and "papermill" not in out.cells[1].metadata
+
+
+def test_markdown_table():
+    text = notebooks.markdown_table(["a", "b"], [["x", 0.12345], [3, "y"]])
+    assert text == "| a | b |\n|---|---|\n| x | 0.123 |\n| 3 | y |"
+
+
+def test_layout_tree_cuts_long_lists(tmp_path):
+    root = tmp_path / "data"
+    for v in ("01", "02", "10", "03", "04"):
+        (root / "training" / v).mkdir(parents=True)
+        for i in range(6):
+            (root / "training" / v / f"{i}.png").touch()
+    (root / "gt.mat").touch()
+    tree = notebooks.layout_tree(root, max_items=2).splitlines()
+    assert tree[0] == "data/" and tree[1] == "    training/"
+    assert tree[2:4] == ["        01/", "            0.png .. 5.png  (6 files)"]
+    assert "... 5 folders in all (01 .. 10)" in tree[-2]                 # natural order: 10 is last
+    assert tree[-1] == "    gt.mat" and str(tmp_path) not in "\n".join(tree)
+
+
+def test_save_gif_frames_and_stable_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(100, 110, (20, 30, 3), dtype=np.uint8)
+    frames = [base.copy() for _ in range(5)]
+    for i, f in enumerate(frames):
+        f[5:10, 2 + 4 * i:6 + 4 * i] = (0, 0, 255)                       # a red square moving right
+    notebooks.save_gif(tmp_path / "a.gif", frames)
+    notebooks.save_gif(tmp_path / "b.gif", frames)
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
+    import imageio.v3 as iio
+    back = iio.imread(tmp_path / "a.gif", index=None)                   # (F, H, W, C) RGB(A)
+    assert back.shape[:3] == (5, 20, 30)
+    assert tuple(back[4, 7, 19, :3]) == (255, 0, 0)                     # the square of the last frame, in RGB

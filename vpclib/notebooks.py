@@ -1,0 +1,477 @@
+"""Notebooks: the papermill runner of the five stage notebooks, and the helpers their cells call.
+
+    vpc notebooks params/<dataset>.yaml [--data-root DIR] [--work-dir DIR] [--device D] [--out DIR] [--figures DIR]
+    python -m vpclib.notebooks refresh     # the synthetic default, its outputs copied into notebooks/
+
+`run_notebooks` executes notebooks/00_data ... 04_visualization in order with the same parameters
+(PARAMS, DATA_ROOT, WORK_DIR, DEVICE, FIGURES_DIR), writes the executed copies to runs/<dataset>/
+and the figures to figures/<dataset>/, and stops at the first failing cell, naming it. The
+notebooks run with the notebooks/ folder as working directory (as under nbval), so their default
+parameters are paths relative to it.
+
+The helpers keep the notebooks thin: `setup` (progress bars, warnings, the figure saver `show`),
+tables as markdown, the dataset's layout, sample frames, crops and the demo GIFs. Nothing printed
+here holds a path, a time or a memory address: nbval compares the notebooks' text outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# tqdm.auto hints at ipywidgets inside Jupyter when they are missing (text bars are used instead);
+# the hint holds a file path, which nbval would see. The notebooks import this module first.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from . import datasets, pipeline  # noqa: E402
+from .config import Config, load_params
+from .errors import VPCError
+from .objects import build_detector, crop_and_resize, middle_frame_offset
+from .store import WorkDir, atomic_path
+
+NOTEBOOKS = ("00_data", "01_detection", "02_memorization", "03_inference", "04_visualization")
+DPI = 80                                  # figures: small and byte-stable PNGs
+GIF_FPS = 8
+
+
+class NotebookError(VPCError, RuntimeError):
+    """A notebook failed: the message names the notebook, the cell and the error."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+def notebooks_dir() -> Path:
+    """The repository's notebooks/ folder (vpclib installed from a clone, editable or not)."""
+    for candidate in (Path(__file__).resolve().parents[1] / "notebooks", Path.cwd() / "notebooks"):
+        if (candidate / f"{NOTEBOOKS[0]}.ipynb").is_file():
+            return candidate
+    raise NotebookError("cannot find the notebooks/ folder: run `vpc notebooks` from a clone of the repository")
+
+
+def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_dir=None, figures_dir=None,
+                  names=NOTEBOOKS, source_dir=None) -> dict[str, float]:
+    """Execute the notebooks with papermill; returns {notebook: seconds}. Raises NotebookError naming
+    the notebook and cell at the first failure (the executed copy, with the traceback, is kept)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    cfg = load_params(params_path, **{"data.root": data_root, "device": device})   # fail early on bad params
+    source = Path(source_dir) if source_dir else notebooks_dir()
+    out = Path(out_dir or f"runs/{cfg.data.name}").resolve()
+    figures = Path(figures_dir or f"figures/{cfg.data.name}").resolve()
+    parameters = {
+        "PARAMS": str(Path(params_path).resolve()),
+        "DATA_ROOT": str(Path(data_root).expanduser().resolve()) if data_root else "",
+        "WORK_DIR": str(Path(work_dir or f"work/{cfg.data.name}").resolve()),
+        "DEVICE": device or "",
+        "FIGURES_DIR": str(figures),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    total = time.perf_counter()
+    for name in names:
+        start = time.perf_counter()
+        executed = out / f"{name}.ipynb"
+        try:
+            papermill.execute_notebook(str(source / f"{name}.ipynb"), str(executed), parameters=parameters,
+                                       cwd=str(source), progress_bar=False, log_output=False,
+                                       extra_arguments=["--log-level=ERROR"])   # the kernel's own log: errors only
+        except PapermillExecutionError as err:
+            first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+            raise NotebookError(
+                f"notebook {name}.ipynb failed in cell {err.cell_index} (In [{err.exec_count}], starting "
+                f"'{first_line[:80]}'): {err.ename}: {err.evalue}\nThe executed copy with the traceback is "
+                f"{executed}") from None
+        seconds[name] = time.perf_counter() - start
+        print(f"{name:<18} {seconds[name]:6.1f} s   {executed}", flush=True)
+    print(f"{'all notebooks':<18} {time.perf_counter() - total:6.1f} s   figures in {figures}", flush=True)
+    return seconds
+
+
+def commit_outputs(executed_dir, source_dir=None, names=NOTEBOOKS) -> None:
+    """Copy executed notebooks over the committed ones: the injected-parameters cell and papermill's
+    timing metadata removed, execution counts renumbered, so that the committed notebooks keep their
+    default parameters and carry the outputs (which nbval then compares)."""
+    import nbformat
+    source = Path(source_dir) if source_dir else notebooks_dir()
+    for name in names:
+        nb = nbformat.read(Path(executed_dir) / f"{name}.ipynb", as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        nb.metadata.pop("papermill", None)
+        count = 0
+        for cell in nb.cells:
+            for key in ("papermill", "execution"):
+                cell.metadata.pop(key, None)
+            if cell.cell_type == "code":
+                count += 1
+                cell.execution_count = count
+                for output in cell.outputs:
+                    if "execution_count" in output:
+                        output["execution_count"] = count
+        with atomic_path(source / f"{name}.ipynb") as tmp:
+            nbformat.write(nb, str(tmp))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vpclib.notebooks", description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=["refresh"], help="refresh: run the synthetic default and copy its "
+                   "outputs into notebooks/ (what the committed notebooks carry)")
+    p.add_argument("--params", default="params/synthetic.yaml")
+    p.add_argument("--work-dir", default=None)
+    args = p.parse_args(argv)
+    cfg = load_params(args.params)
+    out = Path(f"runs/{cfg.data.name}")
+    try:
+        run_notebooks(args.params, work_dir=args.work_dir, out_dir=out)
+    except VPCError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    commit_outputs(out)
+    print(f"copied the executed notebooks into {notebooks_dir()}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook setup, figures, tables
+
+def setup(figures_dir, progress: bool = False):
+    """Progress bars on or off (VPC_PROGRESS), short warnings (no file paths), and the figure saver.
+
+    Returns show(fig, name): save the figure as figures_dir/name.png and display it.
+    """
+    os.environ["VPC_PROGRESS"] = "1" if progress else "0"
+    warnings.formatwarning = lambda message, category, *args, **kw: f"{category.__name__}: {message}\n"
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+
+    def show(fig, name: str) -> None:
+        from IPython.display import Image, display
+        png = figure_png(fig)
+        with atomic_path(figures_dir / f"{name}.png") as tmp:
+            tmp.write_bytes(png)
+        display(Image(data=png))
+
+    show.folder = figures_dir
+    return show
+
+
+def figure_png(fig) -> bytes:
+    """PNG bytes of a figure at DPI, with no creation software or time in them (stable bytes)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def save_gif(path, frames: list[np.ndarray], fps: int = GIF_FPS, noise: int = 6, colors: int = 128,
+             max_width: int = 256) -> None:
+    """Frames (H, W, 3) BGR -> an animated GIF that loops, small and byte-stable.
+
+    For size only: frames wider than `max_width` are shrunk to it; a pixel that differs from the
+    previous GIF frame by at most `noise` grey levels keeps the previous value (sensor noise would
+    defeat GIF compression); every frame uses one palette of `colors` colours, without dithering.
+    """
+    import cv2
+    from PIL import Image
+    h, w = frames[0].shape[:2]
+    if w > max_width:
+        size = (max_width, round(h * max_width / w))
+        frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+    kept = [np.ascontiguousarray(frames[0][..., ::-1])]                       # RGB
+    for frame in frames[1:]:
+        rgb = frame[..., ::-1].copy()
+        same = np.abs(rgb.astype(np.int16) - kept[-1]).max(-1) <= noise      # (H, W)
+        rgb[same] = kept[-1][same]
+        kept.append(rgb)
+    palette = Image.fromarray(np.concatenate(kept[::4])).quantize(colors, method=Image.Quantize.MEDIANCUT,
+                                                                  dither=Image.Dither.NONE)
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in kept]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def save_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; floats written with 3 decimals."""
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def display_markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+    display(Markdown(text))
+
+
+def summary(cfg: Config) -> str:
+    """One line about the run (no paths)."""
+    m, o, e = cfg.method, cfg.objects, cfg.encoder
+    return (f"dataset {cfg.data.name} (layout {cfg.data.layout}); detector {o.detector}; encoder {e.backbone} "
+            f"({e.preprocessing}); T={m.clip_length}, C={m.channel_groups}, r={m.coreset_ratio:g}, n={m.power}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 00 data
+
+def layout_tree(root, max_items: int = 3) -> str:
+    """The dataset folder as an indented tree: folders, then files; long lists are cut to their
+    first `max_items` with a count. Paths are relative to the root (shown as its name)."""
+    root = Path(root)
+    lines = [f"{root.name}/"]
+
+    def walk(folder: Path, depth: int) -> None:
+        entries = datasets.natural_sort([p for p in folder.iterdir() if not p.name.startswith(".")])
+        dirs, files = [p for p in entries if p.is_dir()], [p for p in entries if p.is_file()]
+        pad = "    " * depth
+        for d in dirs[:max_items]:
+            lines.append(f"{pad}{d.name}/")
+            walk(d, depth + 1)
+        if len(dirs) > max_items:
+            lines.append(f"{pad}... {len(dirs)} folders in all ({dirs[0].name} .. {dirs[-1].name})")
+        if len(files) > max_items + 1:
+            lines.append(f"{pad}{files[0].name} .. {files[-1].name}  ({len(files)} files)")
+        else:
+            lines.extend(f"{pad}{f.name}" for f in files)
+
+    walk(root, 1)
+    return "\n".join(lines)
+
+
+def anomaly_kinds(root) -> dict[str, str]:
+    """{test video: anomaly kind} of the synthetic scenes (anomalies.json); {} for other datasets."""
+    import json
+    path = Path(root) / "anomalies.json"
+    if not path.is_file():
+        return {}
+    return {v["video"]: v["kind"] for v in json.loads(path.read_text())["videos"]}
+
+
+def clip_labels(cfg: Config, video) -> np.ndarray:
+    """(B,) bool: clip b holds at least one anomalous frame."""
+    t = cfg.method.clip_length
+    return np.array([bool(video.labels[s:s + t].any()) for s in pipeline.video_clip_starts(cfg, video)])
+
+
+def video_table(cfg: Config, videos: dict) -> str:
+    """Markdown: one row per video of both splits (frames, clips, scored and anomalous frames)."""
+    rows = []
+    for split, vs in videos.items():
+        for v in vs:
+            n_clips = len(pipeline.video_clip_starts(cfg, v))
+            scored = n_clips * cfg.method.clip_length
+            anomalous = int(v.labels[:scored].sum()) if v.labels is not None else "-"
+            rows.append([split, v.name, v.n_frames, n_clips, scored, anomalous])
+    return markdown_table(["split", "video", "frames", "clips B", "scored frames", "anomalous (scored)"], rows)
+
+
+def anomaly_middle(video) -> int:
+    """A frame in the middle of the video's first anomalous span (the middle of the video if none)."""
+    spans = np.flatnonzero(np.asarray(video.labels if video.labels is not None else []) > 0)
+    if len(spans) == 0:
+        return video.n_frames // 2
+    end = spans[0]
+    while end + 1 < video.n_frames and video.labels[end + 1]:
+        end += 1
+    return int((spans[0] + end) // 2)
+
+
+def sample_frames(videos: dict, n_train: int = 2, n_test: int = 4, kinds: dict | None = None):
+    """Frames to look at: the middle frame of the first training videos and a frame inside the
+    anomaly of the first test videos. -> (images BGR, titles)."""
+    images, titles = [], []
+    for v in videos["train"][:n_train]:
+        images.append(v.read_frame(v.n_frames // 2))
+        titles.append(f"train {v.name}, frame {v.n_frames // 2}\nnormal")
+    for v in videos["test"][:n_test]:
+        i = anomaly_middle(v)
+        images.append(v.read_frame(i))
+        kind = f": {kinds[v.name]}" if kinds and v.name in kinds else ""
+        titles.append(f"test {v.name}, frame {i}\nanomalous{kind}")
+    return images, titles
+
+
+def clip_frames(cfg: Config, video):
+    """The T frames of the clip holding the middle of the video's first anomaly -> (images, titles)."""
+    t = cfg.method.clip_length
+    starts = pipeline.video_clip_starts(cfg, video)
+    middle = anomaly_middle(video)
+    start = int(starts[np.searchsorted(starts, middle, side="right") - 1]) if middle >= starts[0] else int(starts[0])
+    images = [frame for _, frame in video.iter_frames(range(start, start + t))]
+    titles = [f"frame {start + i}" + (" (detector)" if i == middle_frame_offset(t) else "") for i in range(t)]
+    return images, titles
+
+
+# ---------------------------------------------------------------------------------------------
+# 01 objects
+
+def detection_frames(cfg: Config, videos, boxes: dict, n: int = 4):
+    """Middle frames (the detector's) of the clip in the middle of each test video's anomaly, boxes
+    drawn. -> (images BGR, titles)."""
+    from .figures import draw_boxes
+    t, images, titles = cfg.method.clip_length, [], []
+    for v in videos[:n]:
+        starts = pipeline.video_clip_starts(cfg, v)
+        b = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        frame = int(starts[b]) + middle_frame_offset(t)
+        images.append(draw_boxes(v.read_frame(frame), boxes[v.name][b], (0, 255, 255)))
+        titles.append(f"test {v.name}, clip {b} (frame {frame}): {len(boxes[v.name][b])} objects")
+    return images, titles
+
+
+def object_crops(cfg: Config, videos, boxes: dict, n_per_video: int = 4):
+    """The crops the encoder sees (the middle frame of the clip), from the anomalous clips of each test
+    video first. -> (crops (S, S, 3) BGR, titles)."""
+    import torch
+    t, size, crops, titles = cfg.method.clip_length, cfg.objects.crop_size, [], []
+    for v in videos:
+        anomalous = clip_labels(cfg, v) if v.labels is not None else None
+        order = np.argsort(~anomalous, kind="stable") if anomalous is not None else np.arange(len(boxes[v.name]))
+        picked = [(b, k) for b in order for k in range(len(boxes[v.name][b]))][:n_per_video]
+        for b, k in picked:
+            frame = int(pipeline.video_clip_starts(cfg, v)[b]) + middle_frame_offset(t)
+            image = torch.from_numpy(v.read_frame(frame))[None]
+            box = torch.as_tensor(boxes[v.name][b][k][None])
+            crops.append(crop_and_resize(image, torch.zeros(1, dtype=torch.long), box, size)[0].round().byte().numpy())
+            titles.append(f"{v.name} clip {b}" + (" (anom.)" if anomalous is not None and anomalous[b] else ""))
+    return crops, titles
+
+
+def first_detection(cfg: Config, videos):
+    """A raw detection (before growth) on the detector's frame of the middle of the first test
+    video's anomaly: (frame BGR, box x1, y1, x2, y2), the largest kept box. None if nothing is found."""
+    detector = build_detector(cfg, "cpu" if cfg.device == "auto" else cfg.device)
+    t = cfg.method.clip_length
+    for v in videos:
+        detector.begin_video(v)
+        starts = pipeline.video_clip_starts(cfg, v)
+        b = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        frame_index = int(starts[b]) + middle_frame_offset(t)
+        frame = v.read_frame(frame_index)
+        dets = detector.detect_at(frame_index) if hasattr(detector, "detect_at") else detector.detect(frame)
+        dets = dets[(dets[:, 4] > cfg.objects.test_confidence) & np.isin(dets[:, 5], cfg.objects.classes)]
+        if len(dets):
+            area = (dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1])
+            return frame, dets[int(area.argmax()), :4]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 features and memories
+
+FEATURE_ARRAYS = {
+    "spatial": ("(K, 49, C)", "49 patch vectors per object (7 x 7 grid)"),
+    "temporal_mean": ("(K, T-1, C)", "frame differences, mean-pooled (memory)"),
+    "temporal_max": ("(K, T-1, C)", "frame differences, max-pooled (test)"),
+    "highlevel": ("(B, T, D)", "temporal pyramid of whole-frame descriptors"),
+    "object_clip": ("(K,)", "clip of each object"),
+    "boxes": ("(K, 4)", "box of each object"),
+    "clip_start": ("(B,)", "first frame of each clip"),
+}
+
+
+def feature_table(feats_by_video: dict) -> str:
+    """Markdown: each array of the features file, its shape in the legend and summed over videos."""
+    first = next(iter(feats_by_video.values()))
+    rows = []
+    for key, (legend, meaning) in FEATURE_ARRAYS.items():
+        shapes = [f[key].shape for f in feats_by_video.values()]
+        total = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:])
+        rows.append([key, legend, str(tuple(first[key].shape)), str(total), meaning])
+    return markdown_table(["array", "shape", "first video", "all videos", "what"], rows)
+
+
+def memory_table(rows: list[dict]) -> str:
+    """Markdown of ablation.memory_sizes."""
+    return markdown_table(["memory", "candidates", "vectors kept", "dims", "MB"],
+                          [[r["memory"], r["candidates"], r["vectors"], r["dims"], f"{r['megabytes']:.3f}"] for r in rows])
+
+
+def object_crop(cfg: Config, video, feats: dict, obj: int, size: int | None = None) -> np.ndarray:
+    """The crop of object `obj` of a video's features, on its clip's middle frame (BGR)."""
+    frame = int(feats["clip_start"][feats["object_clip"][obj]]) + middle_frame_offset(cfg.method.clip_length)
+    return pipeline.crop_object(video, frame, feats["boxes"][obj], size or cfg.objects.crop_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# 03 scores
+
+def by_video(columns: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """scores.csv columns -> {video: {column: (F_v,)}} in file order."""
+    names = list(dict.fromkeys(columns["video"].tolist()))
+    return {n: {k: v[columns["video"] == n] for k, v in columns.items() if k != "video"} for n in names}
+
+
+def frame_table(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """scores.csv columns -> pipeline.frame_table's layout (video as 0-based int ids)."""
+    names = list(dict.fromkeys(columns["video"].tolist()))
+    ids = np.array([names.index(v) for v in columns["video"]])
+    return {"video": ids, "label": columns["label"], **{k: columns[k] for k in ("spatial", "temporal", "highlevel")}}
+
+
+def auc_table(result: dict) -> str:
+    """Markdown: micro, macro and per-video AUC, oracle beside label-free."""
+    rows = [["micro (all frames)", result["auc_micro_oracle"], result["auc_micro_labelfree"]],
+            ["macro (mean of videos)", result["auc_macro_oracle"], result["auc_macro_labelfree"]]]
+    rows += [[f"video {v}", a["oracle"], a["labelfree"]] for v, a in result["per_video"].items()]
+    return markdown_table(["AUC", "oracle (test-label search)", "label-free (fixed)"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 demos
+
+def demo_window(video, scored: int, length: int = 40) -> tuple[int, int]:
+    """First and last frame of a demo: `length` frames centred on the middle of the first anomaly."""
+    first = int(np.clip(anomaly_middle(video) - length // 2, 0, max(0, scored - length)))
+    return first, min(scored, first + length) - 1
+
+
+def demo_frames(cfg: Config, work: WorkDir, video, result: dict, length: int = 40) -> tuple[list[np.ndarray], list[int]]:
+    """Annotated frames of a test video around its anomaly (figures.annotate_frame), and their frame
+    numbers: each object's box coloured by its local score a*z_S + (1-a)*z_T (z from normal training
+    videos: green <= 0, red >= 3 standard deviations), a bar with the frame's label-free score
+    (min-max over the test set)."""
+    from .figures import annotate_frame
+    cols = pipeline.read_scores(work.path("scores.csv"))
+    feats = pipeline.read_features(work.path("features/test.h5"))[video.name]
+    banks = pipeline.build_memories(cfg, work)
+    t, n, a = cfg.method.clip_length, cfg.method.power, cfg.fusion.a
+    stats = result["labelfree"]["stats"] or {s: (0.0, 1.0) for s in ("spatial", "temporal")}
+    k, c = len(feats["spatial"]), feats["spatial"].shape[-1]
+    z = np.zeros(k)
+    if k:
+        for stream, key, a_s in (("spatial", "spatial", a), ("temporal", "temporal_max", 1 - a)):
+            d, _ = pipeline.nearest_memory(feats[key].reshape(-1, c), banks[stream].vectors)
+            s = d.reshape(k, -1).max(1) ** n                                   # (K,) object score
+            z += a_s * (s - stats[stream][0]) / (stats[stream][1] + 1e-8)
+    final = cols["final_labelfree"]
+    lo, hi = final.min(), final.max()
+    mine = cols["video"] == video.name
+    frames, score, labels = cols["frame"][mine], (final[mine] - lo) / (hi - lo + 1e-8), cols["label"][mine]
+    first, last = demo_window(video, len(frames), length)
+    out, numbers = [], []
+    for i, image in video.iter_frames(frames[first:last + 1]):
+        j = int(np.searchsorted(frames, i))
+        clip = j // t
+        objs = np.flatnonzero(feats["object_clip"] == clip)
+        out.append(annotate_frame(image, feats["boxes"][objs], np.clip(z[objs] / 3, 0, 1), float(score[j]),
+                                  bool(labels[j]), text=f"{video.name} #{i}"))
+        numbers.append(int(i))
+    return out, numbers
+
+
+if __name__ == "__main__":
+    sys.exit(main())
