@@ -60,6 +60,21 @@ def test_draw_boxes_draws_the_border_only_and_copies():
     assert out[:, 13:].sum() == 0 and out[16:].sum() == 0                # nothing outside the box
 
 
+def test_draw_boxes_thickness_follows_the_frame_size():
+    # 1 px per 200 px of the longer side: a 360 px Ped2 frame gets cv2 thickness 2, whose line is
+    # centred on the edge (rows 19, 20, 21 for y1 = 20); a 200 px frame gets a 1 px line (row 20 only)
+    big = figures.draw_boxes(np.zeros((240, 360, 3), np.uint8), [[10, 20, 100, 120]], (0, 255, 255))
+    small = figures.draw_boxes(np.zeros((150, 200, 3), np.uint8), [[10, 20, 100, 120]], (0, 255, 255))
+    assert list(np.flatnonzero(big[10:30, 50, 1]) + 10) == [19, 20, 21]
+    assert list(np.flatnonzero(small[10:30, 50, 1]) + 10) == [20]
+
+
+def test_image_grid_smooths_frames_shown_smaller_than_their_pixels():
+    # nearest-neighbour downsampling drops 1 px box edges; antialiasing keeps them
+    fig = figures.image_grid([np.zeros((240, 360, 3), np.uint8)], size=2.0)
+    assert fig.axes[0].images[0].get_interpolation() == "antialiased"
+
+
 def test_objects_per_clip_bar_heights_and_anomalous_colour():
     counts = {"01": np.array([0, 2, 3, 1]), "02": np.array([4, 0])}
     anomalous = {"01": np.array([False, True, True, False]), "02": np.array([False, True])}
@@ -139,6 +154,7 @@ def test_stream_scores_curves_and_gt_spans():
             assert len(gt_patches(axes[i, j])) == len(figures.label_spans(labels[v]))
     # video b starts at frame 10: its spans cover frames 10 and 13
     assert sorted(span_extent(p) for p in gt_patches(axes[1, 0])) == [(9.5, 10.5), (12.5, 13.5)]
+    assert [ax.get_xlabel() for ax in axes.flat] == ["", "", "frame", "frame"]     # bottom row only
 
 
 def test_fusion_grid_image_and_mark():
@@ -210,6 +226,9 @@ def test_ablation_curve_series_and_secondary_axis():
     assert [list(l.get_ydata()) for l in ax.lines if l.get_gid() != "default"] == [[0.8, 0.9, 0.92], [0.7, 0.85, 0.86]]
     assert list(twin.lines[0].get_ydata()) == [0.1, 1.0, 5.0]
     assert ax.get_xscale() == "log"
+    assert ax.get_title() == ""
+    titled = figures.ablation_curve([3, 4], {"oracle": [0.8, 0.9]}, "T", title="first 2 videos")
+    assert titled.axes[0].get_title() == "first 2 videos"
 
 
 @pytest.mark.parametrize("make", [

@@ -91,3 +91,66 @@ def test_save_gif_frames_and_stable_bytes(tmp_path):
     back = iio.imread(tmp_path / "a.gif", index=None)                   # (F, H, W, C) RGB(A)
     assert back.shape[:3] == (5, 20, 30)
     assert tuple(back[4, 7, 19, :3]) == (255, 0, 0)                     # the square of the last frame, in RGB
+
+
+def test_auc_text_says_why_a_video_has_no_auc():
+    assert notebooks.auc_text(0.8766, [0, 1]) == "0.877"
+    assert notebooks.auc_text(float("nan"), [1, 1, 1]) == "n/a (all frames anomalous)"
+    assert notebooks.auc_text(float("nan"), [0, 0]) == "n/a (no anomalous frame)"
+
+
+class _ConstantVideo:
+    """Frame i is a flat grey image of value i, so a crop's value tells which frame it was cut from."""
+
+    def __init__(self, name, labels):
+        self.name, self.labels, self.n_frames = name, np.asarray(labels), len(labels)
+
+    def read_frame(self, i):
+        return np.full((48, 64, 3), i, np.uint8)
+
+
+def test_object_crops_middle_of_the_anomaly_then_a_normal_clip():
+    from vpclib.config import load_params
+    cfg = load_params(ROOT / "params/synthetic.yaml")            # T = 4, no skipped frame, 64 px crops
+    # 6 clips (frames 0-23); anomalous frames 9-17 -> clips 2, 3, 4 anomalous; the anomaly's middle
+    # frame is 13, in clip 3; clip 0 is normal but empty, clip 1 is the first normal clip with objects
+    labels = np.zeros(24, int)
+    labels[9:18] = 1
+    box = np.array([[4, 4, 20, 20]])
+    boxes = {"v": [box[:0], box, box, np.repeat(box, 3, 0), box, box]}
+    crops, titles = notebooks.object_crops(cfg, [_ConstantVideo("v", labels)], boxes, n_per_video=3)
+    # two objects of clip 3 (detector frame 3*4 + 2 = 14), then clip 1 (frame 6)
+    assert titles == ["v clip 3 (anom.)", "v clip 3 (anom.)", "v clip 1 (normal)"]
+    assert [int(c[0, 0, 0]) for c in crops] == [14, 14, 6]
+    assert all(c.shape == (64, 64, 3) for c in crops)
+    # anomalous throughout: the middle frame 11 is in clip 2 (one object); the rest from later clips
+    crops, titles = notebooks.object_crops(cfg, [_ConstantVideo("w", np.ones(24, int))], {"w": boxes["v"]},
+                                           n_per_video=3)
+    assert titles == ["w clip 2 (anom.)", "w clip 1 (anom.)", "w clip 3 (anom.)"]
+    assert [int(c[0, 0, 0]) for c in crops] == [10, 6, 14]
+
+
+def test_extra_parameters_go_to_the_notebooks_that_declare_them(tmp_path, capsys):
+    from vpclib import cli
+    source = tmp_path / "nbs"
+    source.mkdir()
+    nbformat.write(_notebook("print('a', N)", parameters="PARAMS = ''\nN = 1"), str(source / "a.ipynb"))
+    nbformat.write(_notebook("print('b')"), str(source / "b.ipynb"))
+    routed = notebooks.extra_parameters({"N": [3, 4]}, ("a", "b"), source)
+    assert routed == {"a": {"N": [3, 4]}, "b": {}}
+    with pytest.raises(notebooks.NotebookError, match="no notebook has a parameter M; they have: N"):
+        notebooks.extra_parameters({"M": 1}, ("a", "b"), source)
+    with pytest.raises(notebooks.NotebookError, match="--work-dir"):
+        notebooks.extra_parameters({"WORK_DIR": "x"}, ("a", "b"), source)
+    # executed: the value reaches the notebook, read as YAML by the command line
+    assert cli._notebook_parameters([("N", "[3, 4]"), ("K", "0"), ("S", "text")]) == {"N": [3, 4], "K": 0, "S": "text"}
+    notebooks.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
+                            figures_dir=tmp_path / "figs", names=("a", "b"), source_dir=source,
+                            extra=cli._notebook_parameters([("N", "[3, 4]")]))
+    executed = nbformat.read(str(tmp_path / "runs/a.ipynb"), as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "a [3, 4]\n"
+    # an unknown name fails before any notebook runs, with the command line's error format
+    assert cli.main(["notebooks", str(ROOT / "params/synthetic.yaml"), "--work-dir", str(tmp_path / "w2"),
+                     "--out", str(tmp_path / "runs2"), "-p", "NOPE", "1"]) == 2
+    assert "no notebook has a parameter NOPE" in capsys.readouterr().err
+    assert not (tmp_path / "runs2").exists()

@@ -100,7 +100,8 @@ def image_grid(images: list[np.ndarray], titles: list[str] | None = None, ncols:
         ax.set_axis_off()
         if i < len(images):
             img = _rgb(images[i])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+            # antialiased: a frame shown smaller than its pixels keeps its 1-2 px box edges visible
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
             if titles:
                 ax.set_title(titles[i], fontsize=8)
     if suptitle:
@@ -108,9 +109,13 @@ def image_grid(images: list[np.ndarray], titles: list[str] | None = None, ncols:
     return fig
 
 
-def draw_boxes(image: np.ndarray, boxes, colors=None, thickness: int = 1, texts=None) -> np.ndarray:
-    """A copy of a BGR frame with boxes (K, 4) x1, y1, x2, y2 drawn; colors: one BGR tuple or one per box."""
+def draw_boxes(image: np.ndarray, boxes, colors=None, thickness: int | None = None, texts=None) -> np.ndarray:
+    """A copy of a BGR frame with boxes (K, 4) x1, y1, x2, y2 drawn; colors: one BGR tuple or one per box.
+    thickness None: 1 px per 200 px of the frame's longer side (at least 1), so that boxes stay visible
+    when the frame is shown smaller than its pixels."""
     out = np.ascontiguousarray(image).copy()
+    if thickness is None:
+        thickness = max(1, round(max(out.shape[:2]) / 200))
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     for k, (x1, y1, x2, y2) in enumerate(boxes):
         color = colors[k] if isinstance(colors, list) else (colors or (0, 255, 255))
@@ -278,6 +283,8 @@ def stream_scores(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np
                 ax.set_title(STREAM_LABELS.get(stream, stream), fontsize=9)
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
+            if i == len(names) - 1:
+                ax.set_xlabel("frame", fontsize=8)
     return fig
 
 
@@ -406,10 +413,13 @@ def ablation_bars(names: list[str], series: dict[str, list[float]], ylabel: str 
 
 
 def ablation_curve(x, series: dict[str, list[float]], xlabel: str, secondary: tuple[str, list[float]] | None = None,
-                   logx: bool = False, mark: float | None = None) -> Figure:
-    """AUC curves against one parameter; optionally a second y axis (e.g. memory MB) in grey."""
+                   logx: bool = False, mark: float | None = None, title: str | None = None) -> Figure:
+    """AUC curves against one parameter; optionally a second y axis (e.g. memory MB) in grey; the
+    params file's value marked by a dotted line; title e.g. the videos the sweep used."""
     fig = Figure(figsize=(4.2, 2.8), layout="constrained")
     ax = fig.subplots()
+    if title:
+        ax.set_title(title, fontsize=8)
     for k, (label, y) in enumerate(series.items()):
         ax.plot(x, y, "o-", label=label, color=SERIES_COLORS[k % len(SERIES_COLORS)])
     if mark is not None:

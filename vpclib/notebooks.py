@@ -56,15 +56,38 @@ def notebooks_dir() -> Path:
     raise NotebookError("cannot find the notebooks/ folder: run `vpc notebooks` from a clone of the repository")
 
 
+def extra_parameters(extra: dict, names, source: Path) -> dict[str, dict]:
+    """{notebook: the entries of `extra` its parameters cell declares}, e.g. {"ABLATION_VIDEOS": 0}
+    goes to 04_visualization only. A name no notebook declares, or one that run_notebooks sets from
+    its own arguments, raises NotebookError naming it and the names there are."""
+    import papermill
+    declared = {name: set(papermill.inspect_notebook(str(source / f"{name}.ipynb"))) for name in names}
+    known = set().union(*declared.values()) - set(RUN_PARAMETERS)
+    for key in extra:
+        if key in RUN_PARAMETERS:
+            raise NotebookError(f"notebook parameter {key} is set by vpc notebooks itself: use its option "
+                                f"({RUN_PARAMETERS[key]}) instead of -p")
+        if key not in known:
+            raise NotebookError(f"no notebook has a parameter {key}; they have: {', '.join(sorted(known))}")
+    return {name: {k: v for k, v in extra.items() if k in declared[name]} for name in names}
+
+
+RUN_PARAMETERS = {"PARAMS": "the params file", "DATA_ROOT": "--data-root", "WORK_DIR": "--work-dir",
+                  "DEVICE": "--device", "FIGURES_DIR": "--figures"}
+
+
 def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_dir=None, figures_dir=None,
-                  names=NOTEBOOKS, source_dir=None) -> dict[str, float]:
-    """Execute the notebooks with papermill; returns {notebook: seconds}. Raises NotebookError naming
-    the notebook and cell at the first failure (the executed copy, with the traceback, is kept)."""
+                  names=NOTEBOOKS, source_dir=None, extra: dict | None = None) -> dict[str, float]:
+    """Execute the notebooks with papermill; returns {notebook: seconds}. `extra`: more notebook
+    parameters, e.g. {"ABLATION_VIDEOS": 0}, each given to the notebooks that declare it. Raises
+    NotebookError naming the notebook and cell at the first failure (the executed copy, with the
+    traceback, is kept)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     cfg = load_params(params_path, **{"data.root": data_root, "device": device})   # fail early on bad params
     source = Path(source_dir) if source_dir else notebooks_dir()
+    per_notebook = extra_parameters(extra or {}, names, source)              # fail early on unknown names
     out = Path(out_dir or f"runs/{cfg.data.name}").resolve()
     figures = Path(figures_dir or f"figures/{cfg.data.name}").resolve()
     parameters = {
@@ -82,7 +105,8 @@ def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_d
         start = time.perf_counter()
         executed = out / f"{name}.ipynb"
         try:
-            papermill.execute_notebook(str(source / f"{name}.ipynb"), str(executed), parameters=parameters,
+            papermill.execute_notebook(str(source / f"{name}.ipynb"), str(executed),
+                                       parameters={**parameters, **per_notebook[name]},
                                        cwd=str(source), progress_bar=False, log_output=False,
                                        extra_arguments=["--log-level=ERROR"])   # the kernel's own log: errors only
         except PapermillExecutionError as err:
@@ -333,20 +357,27 @@ def detection_frames(cfg: Config, videos, boxes: dict, n: int = 4):
 
 
 def object_crops(cfg: Config, videos, boxes: dict, n_per_video: int = 4):
-    """The crops the encoder sees (the middle frame of the clip), from the anomalous clips of each test
-    video first. -> (crops (S, S, 3) BGR, titles)."""
+    """The crops the encoder sees (the middle frame of the clip). Per test video: objects of the clip
+    in the middle of its anomaly first, then one of its first normal clip that has objects (when it
+    has one). A title's "anom." is the clip's label: the clip holds anomalous frames, not every
+    object in it is anomalous. -> (crops (S, S, 3) BGR, titles)."""
     import torch
     t, size, crops, titles = cfg.method.clip_length, cfg.objects.crop_size, [], []
     for v in videos:
-        anomalous = clip_labels(cfg, v) if v.labels is not None else None
-        order = np.argsort(~anomalous, kind="stable") if anomalous is not None else np.arange(len(boxes[v.name]))
-        picked = [(b, k) for b in order for k in range(len(boxes[v.name][b]))][:n_per_video]
+        starts = pipeline.video_clip_starts(cfg, v)
+        anomalous = clip_labels(cfg, v) if v.labels is not None else np.zeros(len(starts), bool)
+        middle = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        normal = [b for b in range(len(starts)) if not anomalous[b] and len(boxes[v.name][b])][:1]
+        order = [middle] + normal + [b for b in range(len(starts)) if b != middle and b not in normal]
+        n_middle = n_per_video - len(normal)
+        picked = [(middle, k) for k in range(min(n_middle, len(boxes[v.name][middle])))]
+        picked += [(b, k) for b in order[1:] for k in range(len(boxes[v.name][b]))][:n_per_video - len(picked)]
         for b, k in picked:
-            frame = int(pipeline.video_clip_starts(cfg, v)[b]) + middle_frame_offset(t)
+            frame = int(starts[b]) + middle_frame_offset(t)
             image = torch.from_numpy(v.read_frame(frame))[None]
             box = torch.as_tensor(boxes[v.name][b][k][None])
             crops.append(crop_and_resize(image, torch.zeros(1, dtype=torch.long), box, size)[0].round().byte().numpy())
-            titles.append(f"{v.name} clip {b}" + (" (anom.)" if anomalous is not None and anomalous[b] else ""))
+            titles.append(f"{v.name} clip {b} ({'anom.' if anomalous[b] else 'normal'})")
     return crops, titles
 
 
@@ -420,6 +451,13 @@ def frame_table(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = list(dict.fromkeys(columns["video"].tolist()))
     ids = np.array([names.index(v) for v in columns["video"]])
     return {"video": ids, "label": columns["label"], **{k: columns[k] for k in ("spatial", "temporal", "highlevel")}}
+
+
+def auc_text(auc: float, labels) -> str:
+    """A video's AUC for a title; where it is undefined (one class only) says why."""
+    if np.isfinite(auc):
+        return f"{auc:.3f}"
+    return "n/a (all frames anomalous)" if np.all(np.asarray(labels) > 0) else "n/a (no anomalous frame)"
 
 
 def auc_table(result: dict) -> str:
