@@ -2,7 +2,7 @@
 
     vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device cpu|cuda] [--overwrite]
     vpc objects|features|memory|metrics PARAMS.yaml ...   (one stage and what it needs)
-    vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>]
+    vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "notebooks":
             s.add_argument("--out", help="folder for the executed notebooks (default runs/<dataset>)")
             s.add_argument("--figures", help="folder for the figures (default figures/<dataset>)")
+            s.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                           help="a notebook parameter, VALUE read as YAML, e.g. -p ABLATION_VIDEOS 0 or "
+                                "-p ABLATION_C '[54, 108]' (repeatable)")
     return p
 
 
@@ -45,6 +48,18 @@ def main(argv=None) -> int:
         return 2
 
 
+def _notebook_parameters(pairs) -> dict:
+    """[(NAME, VALUE)] from -p -> {NAME: value}, each VALUE read as YAML (0 -> int, [3, 4] -> list)."""
+    import yaml
+    out = {}
+    for name, text in pairs:
+        try:
+            out[name] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise VPCError(f"-p {name}: cannot read {text!r} as a YAML value ({err})") from None
+    return out
+
+
 def _dispatch(args) -> int:
     from . import pipeline
     from .config import load_params
@@ -55,7 +70,7 @@ def _dispatch(args) -> int:
     if args.command == "notebooks":
         from .notebooks import run_notebooks
         run_notebooks(args.params, work_dir=work_dir, data_root=args.data_root, device=args.device,
-                      out_dir=args.out, figures_dir=args.figures)
+                      out_dir=args.out, figures_dir=args.figures, extra=_notebook_parameters(args.parameter))
         return 0
     if args.command == "run":
         result = pipeline.run(cfg, work_dir, overwrite=args.overwrite)
