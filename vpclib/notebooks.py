@@ -56,6 +56,11 @@ def notebooks_dir() -> Path:
     raise NotebookError("cannot find the notebooks/ folder: run `vpc notebooks` from a clone of the repository")
 
 
+# set by run_notebooks from its own arguments, with the option that sets each
+RUN_PARAMETERS = {"PARAMS": "the params file", "DATA_ROOT": "--data-root", "WORK_DIR": "--work-dir",
+                  "DEVICE": "--device", "FIGURES_DIR": "--figures"}
+
+
 def extra_parameters(extra: dict, names, source: Path) -> dict[str, dict]:
     """{notebook: the entries of `extra` its parameters cell declares}, e.g. {"ABLATION_VIDEOS": 0}
     goes to 04_visualization only. A name no notebook declares, or one that run_notebooks sets from
@@ -70,10 +75,6 @@ def extra_parameters(extra: dict, names, source: Path) -> dict[str, dict]:
         if key not in known:
             raise NotebookError(f"no notebook has a parameter {key}; they have: {', '.join(sorted(known))}")
     return {name: {k: v for k, v in extra.items() if k in declared[name]} for name in names}
-
-
-RUN_PARAMETERS = {"PARAMS": "the params file", "DATA_ROOT": "--data-root", "WORK_DIR": "--work-dir",
-                  "DEVICE": "--device", "FIGURES_DIR": "--figures"}
 
 
 def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_dir=None, figures_dir=None,
@@ -313,6 +314,11 @@ def anomaly_middle(video) -> int:
     return int((spans[0] + end) // 2)
 
 
+def anomaly_clip(starts: np.ndarray, video) -> int:
+    """The clip (index into starts (B,)) holding `anomaly_middle`: the clip at the heart of the anomaly."""
+    return int(np.clip(np.searchsorted(starts, anomaly_middle(video), side="right") - 1, 0, len(starts) - 1))
+
+
 def sample_frames(videos: dict, n_train: int = 2, n_test: int = 4, kinds: dict | None = None):
     """Frames to look at: the middle frame of the first training videos and a frame inside the
     anomaly of the first test videos. -> (images BGR, titles)."""
@@ -349,7 +355,7 @@ def detection_frames(cfg: Config, videos, boxes: dict, n: int = 4):
     t, images, titles = cfg.method.clip_length, [], []
     for v in videos[:n]:
         starts = pipeline.video_clip_starts(cfg, v)
-        b = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        b = anomaly_clip(starts, v)
         frame = int(starts[b]) + middle_frame_offset(t)
         images.append(draw_boxes(v.read_frame(frame), boxes[v.name][b], (0, 255, 255)))
         titles.append(f"test {v.name}, clip {b} (frame {frame}): {len(boxes[v.name][b])} objects")
@@ -366,12 +372,11 @@ def object_crops(cfg: Config, videos, boxes: dict, n_per_video: int = 4):
     for v in videos:
         starts = pipeline.video_clip_starts(cfg, v)
         anomalous = clip_labels(cfg, v) if v.labels is not None else np.zeros(len(starts), bool)
-        middle = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        middle = anomaly_clip(starts, v)
         normal = [b for b in range(len(starts)) if not anomalous[b] and len(boxes[v.name][b])][:1]
-        order = [middle] + normal + [b for b in range(len(starts)) if b != middle and b not in normal]
-        n_middle = n_per_video - len(normal)
-        picked = [(middle, k) for k in range(min(n_middle, len(boxes[v.name][middle])))]
-        picked += [(b, k) for b in order[1:] for k in range(len(boxes[v.name][b]))][:n_per_video - len(picked)]
+        others = normal + [b for b in range(len(starts)) if b != middle and b not in normal]
+        picked = [(middle, k) for k in range(len(boxes[v.name][middle]))][:n_per_video - len(normal)]
+        picked += [(b, k) for b in others for k in range(len(boxes[v.name][b]))][:n_per_video - len(picked)]
         for b, k in picked:
             frame = int(starts[b]) + middle_frame_offset(t)
             image = torch.from_numpy(v.read_frame(frame))[None]
@@ -389,7 +394,7 @@ def first_detection(cfg: Config, videos):
     for v in videos:
         detector.begin_video(v)
         starts = pipeline.video_clip_starts(cfg, v)
-        b = int(np.clip(np.searchsorted(starts, anomaly_middle(v), side="right") - 1, 0, len(starts) - 1))
+        b = anomaly_clip(starts, v)
         frame_index = int(starts[b]) + middle_frame_offset(t)
         frame = v.read_frame(frame_index)
         dets = detector.detect_at(frame_index) if hasattr(detector, "detect_at") else detector.detect(frame)
