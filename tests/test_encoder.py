@@ -269,3 +269,62 @@ def test_preprocess_rgb_modes_by_hand(mode, mean, std):
         np.testing.assert_allclose(expected, [(0.78431373 - 0.48145466) / 0.26862954,
                                               (0.39215686 - 0.4578275) / 0.26130258,
                                               (0.03921569 - 0.40821073) / 0.27577711], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "clip", "imagenet"])
+@pytest.mark.parametrize("size", [64, 224])
+def test_preprocess_gives_the_references_contiguous_nchw(rng, mode, size):
+    """The reference transposes each float crop to (3, S, S) and copies it into a contiguous array;
+    convolutions (and the upsampling) choose kernels by memory layout, so the encoder must get a
+    contiguous NCHW tensor, not the channels-last strides a permute of (B, S, S, 3) leaves. uint8
+    crops (the reference arithmetic) are cast to float32 first."""
+    crops = torch.from_numpy(rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
+    out = preprocess(crops, mode)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 224, 224)
+    assert out.is_contiguous() and out.stride() == (3 * 224 * 224, 224 * 224, 224, 1)
+    torch.testing.assert_close(out, preprocess(crops.float(), mode), rtol=0, atol=0)
+
+
+def _conv_bn_relu_stages():
+    """A tiny backbone: conv -> BatchNorm -> ReLU -> conv (stride 2), returning two maps."""
+    class Stages(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+            self.conv2 = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1)
+            self.bn1.running_mean.uniform_(-1, 1)
+            self.bn1.running_var.uniform_(0.5, 2)
+
+        def forward(self, x):
+            mid = torch.relu(self.bn1(self.conv1(x)))
+            return mid, self.conv2(mid)
+    return Stages()
+
+
+def test_fp16_keeps_batchnorm_in_fp32():
+    """OpenAI's convert_weights halves convolution / linear / attention weights only: BatchNorm
+    weights, biases and running statistics stay fp32 in the reference's fp16 model."""
+    from vpclib.encoder import Encoder, half_weights
+    enc = Encoder(_conv_bn_relu_stages(), (4, 8), fp16=True)
+    s = enc.stages
+    assert s.conv1.weight.dtype == s.conv1.bias.dtype == s.conv2.weight.dtype == torch.float16
+    for t in (s.bn1.weight, s.bn1.bias, s.bn1.running_mean, s.bn1.running_var):
+        assert t.dtype == torch.float32
+    attention = half_weights(torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2), torch.nn.LayerNorm(8)))
+    assert attention[0].in_proj_weight.dtype == attention[0].out_proj.weight.dtype == torch.float16
+    assert attention[1].weight.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 encoders run on CUDA only")
+def test_fp16_encoder_on_cuda_close_to_fp32():
+    """On CUDA, fp16 convolutions with fp32 BatchNorm give the fp32 maps to fp16 precision."""
+    torch.manual_seed(0)
+    stages = _conv_bn_relu_stages()
+    full = Encoder(stages, (4, 8), fp16=False).cuda()
+    import copy
+    half = Encoder(copy.deepcopy(stages), (4, 8), fp16=True).cuda()
+    x = torch.rand(4, 3, 32, 32, device="cuda") * 2 - 1
+    for a, b in zip(full(x), half(x)):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)
+    assert half.stages.bn1.weight.dtype == torch.float32

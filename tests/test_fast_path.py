@@ -76,8 +76,9 @@ def dataset(tmp_path_factory):
     return root
 
 
-def make_config(root, device):
+def make_config(root, device, arithmetic="reference"):
     return from_dict({
+        "arithmetic": arithmetic,
         "data": {"name": "tiny", "layout": "folder", "root": str(root)},
         "objects": {"detector": "boxes", "boxes_file": str(root / "boxes.csv"), "box_growth": 1.2,
                     "crop_size": 48, "train_confidence": 0.5, "test_confidence": 0.5},
@@ -87,12 +88,13 @@ def make_config(root, device):
     })
 
 
+@pytest.mark.parametrize("arithmetic", ["reference", "exact"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_pipeline_matches_reference(dataset, tmp_path, device, monkeypatch):
+def test_pipeline_matches_reference(dataset, tmp_path, device, arithmetic, monkeypatch):
     if device == "cuda":                                                  # true fp32 on both paths
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    cfg = make_config(dataset, device)
+    cfg = make_config(dataset, device, arithmetic)
     work = WorkDir(tmp_path / "work")
     encoder = build_encoder(cfg, device)
 
@@ -135,9 +137,10 @@ class MemoryVideo:
         return ((i, self.frames[i]) for i in wanted)
 
 
-def test_video_features_same_for_any_chunking_and_decoder(dataset, tmp_path):
+@pytest.mark.parametrize("arithmetic", ["reference", "exact"])
+def test_video_features_same_for_any_chunking_and_decoder(dataset, tmp_path, arithmetic):
     """Chunks of 1 or all clips, frame files read by a pool or frames iterated in order: one result."""
-    cfg = make_config(dataset, "cpu")
+    cfg = make_config(dataset, "cpu", arithmetic)
     work = WorkDir(tmp_path / "work")
     encoder = build_encoder(cfg, "cpu")
     video = pipeline.load_videos(cfg, work, "test")[0]
@@ -154,8 +157,9 @@ def test_video_features_same_for_any_chunking_and_decoder(dataset, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_clip_features_never_waits_for_the_gpu(dataset, tmp_path):
-    """No host sync inside clip_features on CUDA (the decoder thread and the GPU then overlap)."""
-    cfg = make_config(dataset, "cuda")
+    """No host sync inside clip_features on CUDA with device-side crops (the exact arithmetic): the
+    decoder thread and the GPU then overlap. (The reference arithmetic crops with OpenCV on the host.)"""
+    cfg = make_config(dataset, "cuda", "exact")
     work = WorkDir(tmp_path / "work")
     encoder = build_encoder(cfg, "cuda")
     video = pipeline.load_videos(cfg, work, "test")[0]

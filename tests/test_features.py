@@ -192,3 +192,9 @@ def test_highlevel_vectors_by_hand():
     """
     g = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]])
     np.testing.assert_array_equal(highlevel_vectors(g).numpy().ravel(), [7, 9, 8, 5])
+
+
+def test_temporal_vectors_unknown_reduce_is_an_error():
+    """Only 'mean' (memory) and 'max' (test) exist; anything else used to mean max silently."""
+    with pytest.raises(ValueError, match="'mean'.*'max'.*'avg'"):
+        temporal_vectors(torch.zeros(1, 2, 3, 28, 28), "avg")

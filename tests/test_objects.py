@@ -1,6 +1,8 @@
 """objects: box growth, middle frames, detection filters, crops (METHOD.md §2).
 
-Expected boxes are worked out by hand in the comments; crops are compared with OpenCV.
+Expected boxes are worked out by hand in the comments. Crops: the reference arithmetic against a
+3x3 -> 5x5 resize worked by hand in OpenCV's 8-bit fixed point, and against the reference's own
+expression per crop; the exact (float) arithmetic against a numpy bilinear and OpenCV's float resize.
 """
 
 import cv2
@@ -156,18 +158,19 @@ def _cv2_crops(frames, frame_index, boxes, size):
     (224, (300, 400), (225, 300)),  # downsampling to 224
     (64, (300, 400), (20, 300)),    # a mix of both, non-square boxes
 ])
-def test_crop_and_resize_matches_cv2(rng, size, frame_hw, extent):
+def test_exact_crops_match_float_bilinear(rng, size, frame_hw, extent):
     n_frames = 3
     frames = rng.integers(0, 256, (n_frames, *frame_hw, 3), dtype=np.uint8)
     boxes = _random_boxes(rng, 40, frame_hw[1], frame_hw[0], *extent)
     frame_index = rng.integers(0, n_frames, len(boxes))
-    ours = crop_and_resize(torch.from_numpy(frames), torch.from_numpy(frame_index), torch.from_numpy(boxes), size)
+    ours = crop_and_resize(torch.from_numpy(frames), torch.from_numpy(frame_index), torch.from_numpy(boxes), size,
+                           "exact")
     assert ours.dtype == torch.float32 and ours.shape == (len(boxes), size, size, 3)
     np.testing.assert_allclose(ours.numpy(), _numpy_crops(frames, frame_index, boxes, size), rtol=0, atol=1e-3)
     np.testing.assert_allclose(ours.numpy(), _cv2_crops(frames, frame_index, boxes, size), rtol=0, atol=CV2_ATOL)
 
 
-def test_crop_and_resize_special_extents(rng):
+def test_exact_crops_special_extents(rng):
     """Whole frame, exact factors 2 (OpenCV takes its INTER_AREA path there) and 1, float frames."""
     frames = rng.integers(0, 256, (2, 128, 256, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 256, 128], [0, 0, 128, 128], [128, 0, 256, 128], [10, 20, 74, 84],
@@ -176,10 +179,59 @@ def test_crop_and_resize_special_extents(rng):
     expected = _cv2_crops(frames, frame_index, boxes, 64)
     for as_float in (False, True):
         x = torch.from_numpy(frames).float() if as_float else torch.from_numpy(frames)
-        ours = crop_and_resize(x, torch.from_numpy(frame_index), torch.from_numpy(boxes), 64)
+        ours = crop_and_resize(x, torch.from_numpy(frame_index), torch.from_numpy(boxes), 64, "exact")
         np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=CV2_ATOL)
     # the 64 x 64 box at factor 1 is a plain copy
     np.testing.assert_array_equal(ours[3].numpy(), frames[1, 20:84, 10:74].astype(np.float32))
+
+
+# The reference resizes the uint8 crop: cv2.resize(crop, (S, S)), OpenCV's 8-bit bilinear. Worked by
+# hand for a 3 x 3 -> 5 x 5 resize. Source position of output x: (x + 0.5) * 3/5 - 0.5 =
+# -0.2, 0.4, 1.0, 1.6, 2.2, clamped at the borders; weights in 11-bit fixed point (2048 = 1):
+#   x = 0: 2048 * p0    x = 1: 1229 * p0 + 819 * p1    x = 2: 2048 * p1
+#   x = 3: 819 * p1 + 1229 * p2    x = 4: 2048 * p2
+# The horizontal pass keeps these integer sums h; the vertical pass combines two rows h0, h1 with the
+# same weights b0, b1 as out = (((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16) + 2) >> 2.
+# E.g. out[1, 1]: h0 = 0*1229 + 100*819 = 81900, h1 = 10*1229 + 20*819 = 28670;
+# (81900 >> 4) * 1229 >> 16 = 5118 * 1229 >> 16 = 95, (28670 >> 4) * 819 >> 16 = 1791 * 819 >> 16 = 22;
+# (95 + 22 + 2) >> 2 = 29. (Float bilinear gives 0.6 * 40 + 0.4 * 14 = 29.6, which rounds to 30.)
+HAND_3X3 = np.array([[0, 100, 255], [10, 20, 30], [200, 50, 7]], np.uint8)
+HAND_5X5 = np.array([[0, 40, 100, 193, 255],
+                     [4, 29, 68, 126, 165],       # 4 = ((0 >> 4)*1229 >> 16) + ((20480 >> 4)*819 >> 16) = 0 + 15 -> (15 + 2) >> 2
+                     [10, 14, 20, 26, 30],
+                     [124, 90, 38, 25, 16],
+                     [200, 140, 50, 24, 7]], np.uint8)
+
+
+def test_reference_crop_uint8_rounding_by_hand():
+    frame = np.repeat(HAND_3X3[:, :, None], 3, axis=2)[None]                 # (1, 3, 3, 3), grey
+    ours = crop_and_resize(torch.from_numpy(frame), torch.zeros(1, dtype=torch.long),
+                           torch.tensor([[0, 0, 3, 3]]), 5, "reference")
+    assert ours.dtype == torch.uint8 and ours.shape == (1, 5, 5, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(ours[0, :, :, c].numpy(), HAND_5X5)
+
+
+def test_reference_crops_are_the_references_expression(rng):
+    """Batched crops equal the reference's `cv2.resize(frame[y1:y2, x1:x2], (S, S))`, crop by crop,
+    and differ from the float resize (rounding), by at most half a grey level plus OpenCV's error."""
+    frames = rng.integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    frames = np.stack([cv2.GaussianBlur(f, (5, 5), 2) for f in frames])       # smooth: fractional values
+    boxes = _random_boxes(rng, 30, 160, 120, 1, 120)
+    frame_index = rng.integers(0, 3, len(boxes))
+    ours = crop_and_resize(torch.from_numpy(frames), torch.from_numpy(frame_index), torch.from_numpy(boxes), 64,
+                           "reference").numpy()
+    for k, (f, (x1, y1, x2, y2)) in enumerate(zip(frame_index, boxes)):
+        np.testing.assert_array_equal(ours[k], cv2.resize(frames[f, y1:y2, x1:x2], (64, 64)))
+    exact = crop_and_resize(torch.from_numpy(frames), torch.from_numpy(frame_index), torch.from_numpy(boxes), 64,
+                            "exact").numpy()
+    difference = np.abs(ours.astype(np.float32) - exact)
+    assert 0 < difference.max() <= 1.0 and (difference > 0).mean() > 0.5
+
+
+def test_reference_crops_need_host_uint8_frames():
+    with pytest.raises(ValueError, match="uint8 frames on the CPU"):
+        crop_and_resize(torch.zeros(1, 4, 4, 3), torch.zeros(1, dtype=torch.long), torch.tensor([[0, 0, 4, 4]]), 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_run_writes_metrics_and_scores(tiny_run):
         assert key in metrics
     assert set(metrics["auc_stream"]) == {"spatial", "temporal", "highlevel"}
     rows = list(csv.DictReader(open(work / "scores.csv")))
-    assert list(rows[0]) == ["video", "frame", "label", "spatial", "temporal", "highlevel",
+    assert list(rows[0]) == ["video", "frame", "label", "label_frame", "spatial", "temporal", "highlevel",
                              "final_oracle", "final_labelfree"]
     # 2 test videos of 24 frames, T=4: 6 clips each, every frame scored
     assert len(rows) == 48 == metrics["n_test_frames"]
@@ -270,3 +270,118 @@ def test_ped2_mini_offline_end_to_end(tmp_path):
     assert metrics["n_test_frames"] == 360 and metrics["n_anomalous_frames"] == 206
     assert metrics["auc_micro_oracle"] > 0.90
     assert metrics["auc_micro_labelfree"] > 0.75
+
+
+# ---------------------------------------------------------------------------------------------
+# boxes files, IITB clips (through the pipeline's public functions)
+
+def _boxes_cfg(root, boxes_file, **changes):
+    return load_params(ROOT / "params" / "ped2.yaml", **{"data.root": str(root), "objects.detector": "boxes",
+                                                          "objects.boxes_file": str(boxes_file),
+                                                          "objects.train_confidence": 0.0,
+                                                          "objects.test_confidence": 0.0, **changes})
+
+
+@needs_mini
+def test_boxes_file_split_column_tells_train_01_from_test_01(tmp_path):
+    """ped2-mini has a training and a test video named 01: without a split column a row for 01 is
+    ambiguous (an error naming the line); with it, each row reaches its own split's video."""
+    header = "video,frame,x1,y1,x2,y2,confidence,class"
+    ambiguous = tmp_path / "ambiguous.csv"
+    ambiguous.write_text(f"{header}\n08,2,10,20,40,50,0.9,0\n01,2,10,20,40,50,0.9,0\n")
+    with pytest.raises(ConfigError, match=r"ambiguous.csv, line 3: video '01' is both a training and a test video"):
+        pipeline.detect_objects(_boxes_cfg(PED2_MINI, ambiguous), WorkDir(tmp_path / "w0"), "train")
+    split = tmp_path / "split.csv"
+    split.write_text(f"{header},split\n01,2,10,20,40,50,0.9,0,train\n01,2,100,60,160,120,0.9,0,test\n"
+                     f"02,6,50,50,80,90,0.9,0,test\n")
+    cfg = _boxes_cfg(PED2_MINI, split)
+    work = WorkDir(tmp_path / "w1")
+    train, test = pipeline.detect_objects(cfg, work, "train"), pipeline.detect_objects(cfg, work, "test")
+    assert train["01"][0].tolist() == [[10, 20, 40, 50]] and not any(len(b) for b in train["08"])
+    assert test["01"][0].tolist() == [[100, 60, 160, 120]]
+    assert test["02"][1].tolist() == [[45, 50, 85, 90]]        # 30 x 40 squared: x grows 5 each side
+
+
+@needs_mini
+@pytest.mark.parametrize("row, message", [
+    ("01,2,40,20,10,50,0.9,0,test", r"line 2: the box must have x2 > x1"),
+    ("01,2,10,nan,40,50,0.9,0,test", r"line 2: a value is NaN"),
+    ("01,180,10,20,40,50,0.9,0,test", r"line 2: frame 180 is past the end of video '01'.*0\.\.179.*looks 1-based"),
+    ("03,2,10,20,40,50,0.9,0,test", r"line 2: video '03' is not a video of the test split"),
+    ("01,2,10,20,40,50,0.9,0,val", r"line 2: split must be one of"),
+])
+def test_boxes_file_invalid_rows_name_the_line(tmp_path, row, message):
+    path = tmp_path / "boxes.csv"
+    path.write_text(f"video,frame,x1,y1,x2,y2,confidence,class,split\n{row}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        pipeline.detect_objects(_boxes_cfg(PED2_MINI, path), WorkDir(tmp_path / "w"), "test")
+    assert str(path) in str(info.value) and "boxes_drop_invalid" in str(info.value)
+
+
+@needs_mini
+def test_boxes_file_drop_invalid_counts_what_it_leaves_out(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("video,frame,x1,y1,x2,y2,confidence,class,split\n01,2,40,20,10,50,0.9,0,test\n"
+                    "01,2,10,20,40,50,0.9,0,test\n01,999,10,20,40,50,0.9,0,test\n")
+    cfg = _boxes_cfg(PED2_MINI, path, **{"objects.boxes_drop_invalid": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        boxes = pipeline.detect_objects(cfg, WorkDir(tmp_path / "w"), "test")
+    messages = [str(w.message) for w in caught]
+    assert any("left out 1 invalid rows (first: line 2" in m for m in messages)      # x2 < x1, when read
+    assert any("left out 1 invalid rows (first: line 4" in m for m in messages)      # frame 999, for the split
+    assert boxes["01"][0].tolist() == [[10, 20, 40, 50]]
+
+
+@needs_mini
+def test_boxes_file_final_boxes_are_taken_as_they_are(tmp_path):
+    """The reference's box files hold boxes already grown, squared and clipped: a box clipped at
+    x = 0 (30 x 40) must not be squared again (that would make it (0, 20, 35, 60))."""
+    path = tmp_path / "boxes.csv"
+    path.write_text("video,frame,x1,y1,x2,y2,confidence,class,split\n01,2,0,20,30,60,0.9,0,test\n"
+                    "01,6,10.7,20.2,41.9,51.5,0.9,0,test\n")
+    work = WorkDir(tmp_path / "w")
+    grown = pipeline.detect_objects(_boxes_cfg(PED2_MINI, path), work, "test")
+    assert grown["01"][0].tolist() == [[0, 20, 35, 60]]       # x: -5 clipped to 0, 30 + 5 = 35
+    final = pipeline.detect_objects(_boxes_cfg(PED2_MINI, path, **{"objects.boxes_final": True}),
+                                    WorkDir(tmp_path / "w2"), "test")
+    assert final["01"][0].tolist() == [[0, 20, 30, 60]]
+    assert final["01"][1].tolist() == [[10, 20, 41, 51]]      # truncated to int, as the reference crops
+
+
+def _write_iitb(root, rng, videos, size=(48, 64)):
+    """The IITB layout: root/{training,testing}/<video>/NNNN.jpg, root/groundtruth/<v>/<v>.npy."""
+    for split, entries in videos.items():
+        for name, n_frames in entries.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n_frames):
+                cv2.imwrite(str(folder / f"{i:04d}.jpg"), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+            if split == "testing":
+                (root / "groundtruth" / name).mkdir(parents=True)
+                np.save(root / "groundtruth" / name / f"{name}.npy", (np.arange(n_frames) % 3 == 0).astype(np.uint8))
+
+
+def test_iitb_five_frames_make_one_clip_and_rows_say_which_frame(tmp_path):
+    """IITB skips frame 0: a 5-frame video with T = 4 holds one clip (frames 1..4) and must be
+    accepted (the minimum length was counted twice). The reference pairs the scores of frames
+    1..B*T with the labels of frames 0..B*T-1: scores.csv keeps that pairing for the AUC and says
+    so, row by row: frame (of the score) and label_frame (of the label)."""
+    root = tmp_path / "iitb"
+    _write_iitb(root, np.random.default_rng(0), {"training": {"a": 5, "b": 9}, "testing": {"c": 5, "d": 9}})
+    rows = ["video,frame,x1,y1,x2,y2,confidence,class,split"]
+    for split, names in (("train", ("a", "b")), ("test", ("c", "d"))):
+        rows += [f"{v},{1 + 4 * b + 2},5,5,30,30,0.9,0,{split}" for v in names for b in range(2 if v in "bd" else 1)]
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    cfg = tiny(**{"data.layout": "iitb", "data.root": str(root), "data.skip_first_frame": True,
+                  "objects.detector": "boxes", "objects.boxes_file": str(tmp_path / "boxes.csv"),
+                  "method.channel_groups": 8, "method.coreset_ratio": 1.0})
+    work = WorkDir(tmp_path / "w")
+    assert [v.n_frames for v in pipeline.load_videos(cfg, work, "test")] == [5, 9]
+    pipeline.run(cfg, tmp_path / "w")
+    scores = pipeline.read_scores(tmp_path / "w" / "scores.csv")
+    assert scores["video"].tolist() == ["c"] * 4 + ["d"] * 8
+    assert scores["frame"].tolist() == [1, 2, 3, 4] + list(range(1, 9))
+    assert scores["label_frame"].tolist() == [0, 1, 2, 3] + list(range(8))
+    labels = lambda n: (np.arange(n) % 3 == 0).astype(int)                      # as written above
+    assert scores["label"].tolist() == labels(5)[:4].tolist() + labels(9)[:8].tolist()

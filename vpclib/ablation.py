@@ -51,6 +51,8 @@ def detection_sweep(cfg: Config, videos, confidences, growths, split: str = "tes
     The detector runs once per clip (its middle frame); the thresholds and growths are applied after.
     """
     detector = build_detector(cfg, resolve_device(cfg.device))
+    if isinstance(detector, BoxesFileDetector):
+        detector.begin_split(split, videos)
     t, classes = cfg.method.clip_length, set(cfg.objects.classes)
     raw = []                                                   # (detections (K, 6), width, height) per clip
     for video in videos:

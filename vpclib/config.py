@@ -22,6 +22,7 @@ LAYOUTS = ("synthetic", "avenue", "shanghaitech", "iitb", "ucsd", "folder", "vid
 DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
 PREPROCESSING = ("faithful", "clip", "imagenet")
 LABELFREE = ("calibrated", "fixed")
+ARITHMETIC = ("reference", "exact")
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ObjectsConfig:
     weights: str = "yolov8l.pt"          # ultralytics weight file (name or local path)
     hub_model: str = "yolov5l"           # torch.hub ultralytics/yolov5 model (the paper's)
     boxes_file: str = ""                 # detector "boxes": a CSV of your own detections
+    boxes_final: bool = False            # the CSV's boxes are final (already grown, squared, clipped)
+    boxes_drop_invalid: bool = False     # leave invalid CSV rows out (counted) instead of failing
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 7])
     train_confidence: float = 0.7
     test_confidence: float = 0.6
@@ -106,7 +109,12 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    device: str = "auto"                 # "auto", "cpu" or "cuda"
+    device: str = "auto"                 # "auto", "cpu", "cuda" or "cuda:N"
+    # one of ARITHMETIC. "reference": the authors' arithmetic, for their numbers to the last digit:
+    # crops and frames resized as uint8 by OpenCV (8-bit bilinear, rounded), a contiguous NCHW
+    # encoder input, torch.cdist(Q, M) distances (the |q|^2 + |m|^2 - 2qm form) per query set.
+    # "exact": float resizing without rounding, channels-last on CUDA, exact nearest distances.
+    arithmetic: str = "reference"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,6 +177,7 @@ def _validate(cfg: Config) -> Config:
     need(cfg.objects.detector in DETECTORS, "objects.detector", f"must be one of {DETECTORS}, got {cfg.objects.detector!r}")
     need(cfg.encoder.preprocessing in PREPROCESSING, "encoder.preprocessing", f"must be one of {PREPROCESSING}")
     need(cfg.fusion.labelfree in LABELFREE, "fusion.labelfree", f"must be one of {LABELFREE}")
+    need(cfg.arithmetic in ARITHMETIC, "arithmetic", f"must be one of {ARITHMETIC}, got {cfg.arithmetic!r}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", "must be auto, cpu or cuda")
     need(cfg.encoder.backbone == "clip_rn101" or cfg.encoder.backbone.startswith("timm:"),
          "encoder.backbone", f"must be 'clip_rn101' or 'timm:<model>', got {cfg.encoder.backbone!r}")
@@ -232,8 +241,8 @@ def load_params(path, **overrides) -> Config:
 
 STAGE_KEYS = {
     "objects": ["data", "objects", "method.clip_length"],
-    "features": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups"],
-    "memory": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups",
+    "features": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups", "arithmetic"],
+    "memory": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups", "arithmetic",
                "method.coreset_ratio", "method.coreset_projection", "method.coreset_projection_eps"],
 }
 

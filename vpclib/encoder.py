@@ -16,7 +16,6 @@ Weights, `encoder.pretrained`:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -33,13 +32,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def preprocess(images: torch.Tensor, mode: str = "faithful") -> torch.Tensor:
-    """Pixel scaling of BGR crops: (B, S, S, 3) 0..255 float -> (B, 3, 224, 224).
+    """Pixel scaling of BGR crops: (B, S, S, 3) 0..255, uint8 or float -> (B, 3, 224, 224) float32.
 
     faithful: keep OpenCV's BGR order, value / 127.5 - 1, no CLIP normalisation (the reference's
       quirk); crops smaller than 224 are upsampled bilinearly with align_corners=True.
     clip: RGB, value / 255, CLIP mean/std (the corrected variant). imagenet: RGB, ImageNet mean/std.
+
+    The result is a contiguous NCHW tensor, as the reference builds it (a float crop transposed to
+    (3, S, S) and copied): convolutions and the upsampling pick their kernels by memory layout, and
+    other layouts round differently.
     """
-    x = images.permute(0, 3, 1, 2)                                          # (B, 3, S, S) BGR
+    x = images.permute(0, 3, 1, 2).float().contiguous()                    # (B, 3, S, S) BGR
     if mode == "faithful":
         x = x / 127.5 - 1.0
     else:
@@ -51,6 +54,21 @@ def preprocess(images: torch.Tensor, mode: str = "faithful") -> torch.Tensor:
     return x
 
 
+def half_weights(module: nn.Module) -> nn.Module:
+    """fp16 the way the reference's CLIP does it (OpenAI's `convert_weights`): convolution, linear
+    and attention weights become fp16; BatchNorm weights and running statistics stay fp32."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            m.half()
+        elif isinstance(m, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                         "in_proj_bias", "bias_k", "bias_v"):
+                if getattr(m, name, None) is not None:
+                    getattr(m, name).data = getattr(m, name).data.half()
+            m.out_proj.half()
+    return module
+
+
 class Encoder(nn.Module):
     """Frozen backbone -> two maps: (B, C2, 28, 28) and (B, C3, 14, 14) for (B, 3, 224, 224) input."""
 
@@ -59,6 +77,8 @@ class Encoder(nn.Module):
         self.stages = stages.eval().requires_grad_(False)
         self.channels = channels
         self.fp16 = fp16
+        if fp16:
+            half_weights(self.stages)
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +86,7 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.to(self.device, torch.float16 if self.fp16 else torch.float32)
+        x = images.to(self.device, torch.float16 if self.fp16 else torch.float32)  # the reference: x.type(conv1.weight.dtype)
         mid, deep = self.stages(x)
         return mid.float(), deep.float()                                    # the reference casts to fp32
 
@@ -226,11 +246,7 @@ def build_encoder(cfg, device: str = "cpu") -> Encoder:
         stages = load_timm(name, e.pretrained, e.timm_stages, e.seed)
         channels = tuple(stages.model.feature_info.channels())
     fp16 = e.fp16 and str(device).startswith("cuda")
-    encoder = Encoder(stages, channels, fp16)
-    encoder = encoder.to(device)
-    if fp16:
-        encoder = encoder.half()
-    return encoder
+    return Encoder(stages, channels, fp16).to(device)
 
 
 def resolve_device(name: str) -> str:
@@ -240,9 +256,3 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
     return name
-
-
-def set_threads() -> None:
-    """Use every core on CPU (torch's default is fine; honour OMP_NUM_THREADS if set)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

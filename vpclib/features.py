@@ -61,6 +61,8 @@ def temporal_vectors(local: torch.Tensor, reduce: str) -> torch.Tensor:
 
     (K, C, T, 28, 28) -> (K, T-1, C).
     """
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"temporal_vectors: reduce must be 'mean' (memory) or 'max' (test), got {reduce!r}")
     diff = local[:, :, 1:] - local[:, :, :-1]                                # (K, C, T-1, 28, 28)
     pooled = diff.mean((3, 4)) if reduce == "mean" else diff.amax((3, 4))    # (K, C, T-1)
     return pooled.transpose(1, 2)                                            # (K, T-1, C)

@@ -263,10 +263,13 @@ def coverage_radius(radius: dict[str, np.ndarray], chosen: dict[str, int] | None
 # scores and fusion
 
 def stream_scores(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
-                  frames: dict[str, np.ndarray] | None = None) -> Figure:
+                  frames: dict[str, np.ndarray] | None = None,
+                  label_frames: dict[str, np.ndarray] | None = None) -> Figure:
     """A grid: one row per video, one column per stream, each the clip scores given to the frames.
 
-    scores {video: {stream: (F,)}}; labels {video: (F,)}; frames {video: (F,) frame numbers}.
+    scores {video: {stream: (F,)}}; labels {video: (F,)}; frames {video: (F,) frame numbers of the
+    scores}; label_frames {video: (F,) frame numbers of the labels} (scores.csv's label_frame;
+    default: the same frames).
     """
     names = list(scores)
     streams = list(next(iter(scores.values())))
@@ -274,9 +277,10 @@ def stream_scores(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np
     axes = fig.subplots(len(names), len(streams), sharex="row", squeeze=False)
     for i, name in enumerate(names):
         x = frames[name] if frames else np.arange(len(labels[name]))
+        x_labels = label_frames[name] if label_frames else x
         for j, stream in enumerate(streams):
             ax = axes[i, j]
-            _shade_gt(ax, labels[name], x0=float(x[0]))
+            _shade_gt(ax, labels[name], x0=float(x_labels[0]))
             ax.plot(x, scores[name][stream], color=STREAM_COLORS.get(stream, "C0"), lw=1)
             ax.tick_params(labelsize=6)
             if i == 0:
@@ -310,10 +314,12 @@ def fusion_grid(aucs: np.ndarray, b_grid, sigma_grid, marks: dict[str, tuple[flo
 
 def score_curves(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
                  frames: dict[str, np.ndarray] | None = None, titles: dict[str, str] | None = None,
-                 ncols: int = 2, ylabel: str = "score", normalize: bool = False) -> Figure:
+                 ncols: int = 2, ylabel: str = "score", normalize: bool = False,
+                 label_frames: dict[str, np.ndarray] | None = None) -> Figure:
     """One panel per video: each named score curve over the frames, ground-truth spans shaded.
 
-    scores {video: {name: (F,)}}; labels {video: (F,)}; frames {video: (F,) frame numbers};
+    scores {video: {name: (F,)}}; labels {video: (F,)}; frames {video: (F,) frame numbers of the
+    scores}; label_frames {video: (F,) frame numbers of the labels} (default: the same frames);
     normalize: min-max each curve to [0, 1] (for display: curves of different scales side by side).
     """
     names = list(scores)
@@ -322,7 +328,8 @@ def score_curves(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
         ax.set_axis_off()
     for ax, name in zip(axes.flat, names):
         x = frames[name] if frames else np.arange(len(labels[name]))
-        _shade_gt(ax, labels[name], x0=float(x[0]))
+        x_labels = label_frames[name] if label_frames else x
+        _shade_gt(ax, labels[name], x0=float(x_labels[0]))
         for k, (label, y) in enumerate(scores[name].items()):
             y = np.asarray(y, dtype=np.float64)
             if normalize:

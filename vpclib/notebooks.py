@@ -381,7 +381,8 @@ def object_crops(cfg: Config, videos, boxes: dict, n_per_video: int = 4):
             frame = int(starts[b]) + middle_frame_offset(t)
             image = torch.from_numpy(v.read_frame(frame))[None]
             box = torch.as_tensor(boxes[v.name][b][k][None])
-            crops.append(crop_and_resize(image, torch.zeros(1, dtype=torch.long), box, size)[0].round().byte().numpy())
+            crops.append(crop_and_resize(image, torch.zeros(1, dtype=torch.long), box, size, cfg.arithmetic)[0]
+                         .float().round().byte().numpy())
             titles.append(f"{v.name} clip {b} ({'anom.' if anomalous[b] else 'normal'})")
     return crops, titles
 
@@ -390,6 +391,8 @@ def first_detection(cfg: Config, videos):
     """A raw detection (before growth) on the detector's frame of the middle of the first test
     video's anomaly: (frame BGR, box x1, y1, x2, y2), the largest kept box. None if nothing is found."""
     detector = build_detector(cfg, "cpu" if cfg.device == "auto" else cfg.device)
+    if hasattr(detector, "begin_split"):
+        detector.begin_split("test", videos)
     t = cfg.method.clip_length
     for v in videos:
         detector.begin_video(v)

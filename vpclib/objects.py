@@ -8,7 +8,7 @@ confidence, COCO class:
 - `UltralyticsDetector`: any ultralytics weight file (`yolov5lu.pt` is the closest to the paper's).
 - `YOLOv5HubDetector`: the paper's exact YOLOv5-L through torch.hub (needs network).
 - `MotionDetector`: offline OpenCV background subtraction for static cameras.
-- `BoxesFileDetector`: your own detections from a CSV file.
+- `BoxesFileDetector`: your own detections from a CSV file (grown like a detector's, or final).
 """
 
 from __future__ import annotations
@@ -57,13 +57,23 @@ def grow_box(box, growth: float, max_w: int, max_h: int):
     return x1, y1, x2, y2
 
 
+def final_box(box, max_w: int, max_h: int):
+    """A box taken as final (already grown, squared and clipped, as the reference's box files are):
+    clipped to the frame and truncated to int; None if it is empty."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    x1, x2 = int(min(max(x1, 0.0), max_w)), int(min(max(x2, 0.0), max_w))
+    y1, y2 = int(min(max(y1, 0.0), max_h)), int(min(max(y2, 0.0), max_h))
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
 def select_objects(detections: np.ndarray, confidence: float, classes, growth: float,
-                   max_w: int, max_h: int) -> np.ndarray:
-    """Keep detections of `classes` with confidence > `confidence`, grown: (K, 6) -> (K', 4) int."""
+                   max_w: int, max_h: int, final: bool = False) -> np.ndarray:
+    """Keep detections of `classes` with confidence > `confidence`, grown (or, `final`, as they
+    are): (K, 6) -> (K', 4) int."""
     kept = []
     for det in np.asarray(detections, dtype=np.float64).reshape(-1, 6):
         if det[4] > confidence and int(det[5]) in classes:
-            box = grow_box(det, growth, max_w, max_h)
+            box = final_box(det, max_w, max_h) if final else grow_box(det, growth, max_w, max_h)
             if box is not None:
                 kept.append(box)
     return np.asarray(kept, dtype=np.int64).reshape(-1, 4)
@@ -161,37 +171,116 @@ class MotionDetector:
 
 
 class BoxesFileDetector:
-    """Your own detections: a CSV with the header video,frame,x1,y1,x2,y2,confidence,class.
+    """Your own detections: a CSV with the header video,frame,x1,y1,x2,y2,confidence,class and an
+    optional split column (train / test: needed when a training and a test video share a name, as
+    Ped2's 01 ... do).
 
     `frame` is the 0-based index of the frame inside its video; coordinates are pixels. Rows for
-    frames that are not a clip's middle frame are ignored, so one file can serve any T.
+    frames that are not a clip's middle frame are ignored, so one file can serve any T. Every row
+    is checked: finite numbers, x2 > x1, y2 > y1, a known video of the split, a frame inside it. An
+    invalid row is a ConfigError naming the file and line; with `drop_invalid` such rows are left
+    out and counted in a warning instead.
     """
 
-    def __init__(self, path):
-        self.path = Path(path)
+    SPLITS = ("train", "test")
+
+    def __init__(self, path, drop_invalid: bool = False):
+        self.path, self.drop_invalid = Path(path), drop_invalid
         if not self.path.is_file():
             raise ConfigError(f"objects.boxes_file not found: {self.path}")
-        self.rows: dict[tuple[str, int], list] = {}
+        self.rows: list[tuple[int, str, str, int, list[float]]] = []        # line, split, video, frame, values
+        problems = []
         with open(self.path, newline="") as f:
             reader = csv.DictReader(f)
-            missing = set(BOXES_FILE_COLUMNS) - set(reader.fieldnames or [])
+            header = reader.fieldnames or []
+            missing = set(BOXES_FILE_COLUMNS) - set(header)
             if missing:
                 raise ConfigError(f"boxes file {self.path} lacks columns {sorted(missing)}; "
-                                  f"expected header {','.join(BOXES_FILE_COLUMNS)}")
+                                  f"expected header {','.join(BOXES_FILE_COLUMNS)}[,split]")
+            self.has_split = "split" in header
             for line, row in enumerate(reader, start=2):
-                try:
-                    key = (row["video"], int(row["frame"]))
-                    values = [float(row[c]) for c in BOXES_FILE_COLUMNS[2:]]
-                except ValueError as err:
-                    raise ConfigError(f"boxes file {self.path}, line {line}: {err}") from None
-                self.rows.setdefault(key, []).append(values)
-        self.video = None
+                problem = self._check_row(row)
+                if problem:
+                    problems.append((line, problem))
+                    continue
+                frame, values = int(float(row["frame"])), [float(row[c]) for c in BOXES_FILE_COLUMNS[2:]]
+                split = (row.get("split") or "").strip()
+                self.rows.append((line, split, row["video"], frame, values))
+        self._report(problems)
+        self.split, self.by_key, self.video = None, None, None
+
+    @classmethod
+    def _check_row(cls, row) -> str | None:
+        """What is wrong with one CSV row, or None."""
+        try:
+            values = [float(row[c]) for c in BOXES_FILE_COLUMNS[1:]]
+        except (TypeError, ValueError):
+            return "frame, x1, y1, x2, y2, confidence and class must be numbers, got " + \
+                ", ".join(f"{c}={row.get(c)!r}" for c in BOXES_FILE_COLUMNS[1:])
+        frame, x1, y1, x2, y2 = values[:5]
+        if not all(np.isfinite(values)):
+            return "a value is NaN or infinite: " + ", ".join(f"{c}={row[c]}" for c in BOXES_FILE_COLUMNS[1:])
+        if frame < 0 or frame != int(frame):
+            return f"frame must be a 0-based whole number, got {row['frame']}"
+        if not (x2 > x1 and y2 > y1):
+            return f"the box must have x2 > x1 and y2 > y1, got x1={x1:g}, y1={y1:g}, x2={x2:g}, y2={y2:g}"
+        split = (row.get("split") or "").strip()
+        if split and split not in cls.SPLITS:
+            return f"split must be one of {cls.SPLITS} (or empty), got {split!r}"
+        return None
+
+    def _report(self, problems: list[tuple[int, str]]) -> None:
+        if not problems:
+            return
+        if not self.drop_invalid:
+            line, problem = problems[0]
+            more = f" ({len(problems) - 1} more invalid rows)" if len(problems) > 1 else ""
+            raise ConfigError(f"boxes file {self.path}, line {line}: {problem}{more}. Fix the file, or set "
+                              f"objects.boxes_drop_invalid: true to leave invalid rows out")
+        import warnings
+        warnings.warn(f"boxes file {self.path}: left out {len(problems)} invalid rows (first: line "
+                      f"{problems[0][0]}: {problems[0][1]})")
+
+    def begin_split(self, split: str, videos, other_videos=None) -> None:
+        """Take the rows of one split for `videos` (all or some videos of that split). With
+        `other_videos`, every video of the other split, the whole dataset is known: a row whose video
+        is in neither split is then an error, and so is a row without split whose video name is in both."""
+        frames = {v.name: v.n_frames for v in videos}
+        others = None if other_videos is None else {v.name for v in other_videos}
+        uses_one_based = not any(frame == 0 for *_, frame, _ in self.rows)
+        self.split, self.by_key, problems = split, {}, []
+        for line, row_split, video, frame, values in self.rows:
+            if row_split and row_split != split:
+                continue
+            if not row_split and others is not None and video in frames and video in others:
+                problems.append((line, f"video '{video}' is both a training and a test video: add a split "
+                                       f"column (train / test) to say which one this row is of"))
+                continue
+            if video not in frames:
+                if others is not None and (row_split or video not in others):
+                    where = f"the {split} split" if row_split else "the dataset"
+                    problems.append((line, f"video '{video}' is not a video of {where}"))
+                continue
+            if frame >= frames[video]:
+                hint = " (frame numbers are 0-based; this file has no frame 0 and looks 1-based)" if uses_one_based else ""
+                problems.append((line, f"frame {frame} is past the end of video '{video}', which has frames "
+                                       f"0..{frames[video] - 1}{hint}"))
+                continue
+            self.by_key.setdefault((video, frame), []).append(values)
+        self._report(problems)
 
     def begin_video(self, video) -> None:
+        if self.by_key is None and len({s for _, s, v, *_ in self.rows if v == video.name and s}) > 1:
+            raise ConfigError(f"boxes file {self.path}: video '{video.name}' has rows of both splits; "
+                              f"say which split is meant (BoxesFileDetector.begin_split)")
         self.video = video.name
 
     def detect_at(self, frame_index: int) -> np.ndarray:
-        return np.asarray(self.rows.get((self.video, frame_index), []), dtype=np.float64).reshape(-1, 6)
+        if self.by_key is None:
+            rows = [values for _, _, v, f, values in self.rows if v == self.video and f == frame_index]
+        else:
+            rows = self.by_key.get((self.video, frame_index), [])
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
 
 
 def build_detector(cfg, device: str = "cpu"):
@@ -203,14 +292,15 @@ def build_detector(cfg, device: str = "cpu"):
         return UltralyticsDetector(o.weights, device)
     if o.detector == "yolov5-hub":
         return YOLOv5HubDetector(o.hub_model, device)
-    return BoxesFileDetector(o.boxes_file)
+    return BoxesFileDetector(o.boxes_file, drop_invalid=o.boxes_drop_invalid)
 
 
 def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, confidence: float,
-                        classes, growth: float) -> list[np.ndarray]:
+                        classes, growth: float, final: bool = False) -> list[np.ndarray]:
     """Objects of every clip of `video`: a list of B arrays (K_b, 4) of int boxes x1, y1, x2, y2.
 
-    The detector sees the middle frame of each clip only; each frame is decoded once.
+    The detector sees the middle frame of each clip only; each frame is decoded once. `final`: the
+    boxes are used as they are (no growth, no squaring).
     """
     detector.begin_video(video)
     max_w, max_h = video.frame_size
@@ -219,21 +309,48 @@ def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, c
         detections = {i: detector.detect_at(i) for i in middles}
     else:
         detections = {i: detector.detect(frame) for i, frame in video.iter_frames(middles)}
-    return [select_objects(detections[i], confidence, classes, growth, max_w, max_h) for i in middles]
+    return [select_objects(detections[i], confidence, classes, growth, max_w, max_h, final) for i in middles]
 
 
 # ---------------------------------------------------------------------------------------------
 # crops
 
-def crop_and_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Cut boxes out of frames and resize them, all in one batched gather.
+def crop_and_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int,
+                    arithmetic: str = "reference") -> torch.Tensor:
+    """Cut boxes out of frames and resize each crop to size x size (METHOD.md §2).
 
-    frames (F, H, W, 3) uint8 or float; frame_index (K,) which frame each box is cut from;
-    boxes (K, 4) int x1, y1, x2, y2 (the crop is frame[y1:y2, x1:x2]) -> (K, size, size, 3) float32.
+    frames (F, H, W, 3) uint8; frame_index (K,) which frame each box is cut from; boxes (K, 4) int
+    x1, y1, x2, y2 (the crop is frame[y1:y2, x1:x2]) -> (K, size, size, 3).
 
-    Bilinear with half-pixel centres and edge clamping inside the crop: the same arithmetic as
-    `cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)`
-    (OpenCV's IPP path; without IPP OpenCV rounds the sample positions to float32).
+    - "reference": the reference's `cv2.resize(frame[y1:y2, x1:x2], (S, S))` of the uint8 crop,
+      OpenCV's 8-bit bilinear, which rounds to uint8: returns uint8, cast to float only later.
+      OpenCV runs on the host, so `frames` must be on the CPU.
+    - "exact": bilinear in float without rounding, batched on the frames' device: returns float32.
+    """
+    if arithmetic == "reference":
+        return opencv_crops(frames, frame_index, boxes, size)
+    if arithmetic == "exact":
+        return float_crops(frames, frame_index, boxes, size)
+    raise ValueError(f"arithmetic must be 'reference' or 'exact', got {arithmetic!r}")
+
+
+def opencv_crops(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(F, H, W, 3) uint8 CPU frames -> (K, size, size, 3) uint8: one cv2.resize (INTER_LINEAR) per crop."""
+    if frames.device.type != "cpu" or frames.dtype != torch.uint8:
+        raise ValueError(f"OpenCV crops need uint8 frames on the CPU, got {frames.dtype} on {frames.device}")
+    pixels = frames.numpy()
+    out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for k, (f, (x1, y1, x2, y2)) in enumerate(zip(frame_index.tolist(), boxes.tolist())):
+        out[k] = cv2.resize(pixels[f, y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out)
+
+
+def float_crops(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(F, H, W, 3) frames -> (K, size, size, 3) float32, all crops in one batched gather.
+
+    Bilinear with half-pixel centres and edge clamping inside the crop: the arithmetic of
+    `cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)`, with no
+    rounding to uint8.
     """
     # sample positions in float64: in float32 they are off by up to 3e-5 px on large boxes
     # (~0.005 grey levels on sharp edges), where OpenCV (IPP) is exact

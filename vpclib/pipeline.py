@@ -25,8 +25,8 @@ from .errors import NoObjectsError
 from .features import (global_descriptors, highlevel_vectors, local_maps, spatial_vectors,
                        temporal_vectors)
 from .memory import STREAMS, Bank, build_bank, load_memory, save_memory
-from .objects import build_detector, crop_and_resize, detect_clip_objects
-from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores
+from .objects import BoxesFileDetector, build_detector, crop_and_resize, detect_clip_objects
+from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores, nearest
 from .store import WorkDir, atomic_path, read_json, write_json
 
 SPLITS = ("train", "test")
@@ -54,9 +54,8 @@ def dataset_root(cfg: Config, work: WorkDir) -> Path:
 def load_videos(cfg: Config, work: WorkDir, split: str) -> list:
     """The videos of a split ('train' or 'test'), test videos with per-frame labels."""
     layout = "ucsd" if cfg.data.layout == "synthetic" else cfg.data.layout
-    min_frames = cfg.method.clip_length + int(cfg.data.skip_first_frame)
     return datasets.load_split(layout, dataset_root(cfg, work), split, label_file=cfg.data.label_file or None,
-                               skip_first_frame=cfg.data.skip_first_frame, min_frames=min_frames)
+                               skip_first_frame=cfg.data.skip_first_frame, min_frames=cfg.method.clip_length)
 
 
 def video_clip_starts(cfg: Config, video) -> np.ndarray:
@@ -80,12 +79,16 @@ def detect_objects(cfg: Config, work: WorkDir, split: str, videos=None, detector
     done = read_json(work.path(partial))["videos"] if work.check_partial(name, params) else {}
     work.commit(partial, params)
     detector = detector or build_detector(cfg, resolve_device(cfg.device))
+    if isinstance(detector, BoxesFileDetector):                              # the file's rows of this split
+        other = load_videos(cfg, work, "test" if split == "train" else "train")
+        detector.begin_split(split, videos, other)
     confidence = cfg.objects.train_confidence if split == "train" else cfg.objects.test_confidence
+    final = cfg.objects.detector == "boxes" and cfg.objects.boxes_final
     for video in progress(videos, desc=f"objects {split}", unit="video"):
         if video.name in done:
             continue
         boxes = detect_clip_objects(video, video_clip_starts(cfg, video), cfg.method.clip_length, detector,
-                                    confidence, set(cfg.objects.classes), cfg.objects.box_growth)
+                                    confidence, set(cfg.objects.classes), cfg.objects.box_growth, final)
         done[video.name] = [b.tolist() for b in boxes]
         write_json(work.path(partial), {"videos": done})
     n_objects = sum(len(b) for clips in done.values() for b in clips)
@@ -110,67 +113,77 @@ def _boxes_from_json(videos: dict) -> dict[str, list[np.ndarray]]:
 # ---------------------------------------------------------------------------------------------
 # 2. features
 
-def encode(encoder, crops: torch.Tensor, mode: str, batch_size: int, reduce) -> torch.Tensor:
+def encode(encoder, crops: torch.Tensor, mode: str, batch_size: int, reduce, channels_last: bool = False) -> torch.Tensor:
     """Run the encoder over crops (N, S, S, 3) in batches; `reduce(mid, deep)` each batch; concat.
 
-    On CUDA each batch goes in channels-last layout, cuDNN's fast path for convolutions, and the
-    encoder's weights are put in that layout once (the same values: convolutions then need no
-    per-call weight transposes).
+    Each batch goes to the encoder's device, then `preprocess` makes it a contiguous NCHW float
+    tensor (the reference's layout). With `channels_last` (the exact arithmetic on CUDA) it goes in
+    channels-last layout instead, cuDNN's fast path, and the encoder's weights are put in that
+    layout once (the same values: convolutions then need no per-call weight transposes).
     """
-    if crops.is_cuda and not getattr(encoder, "channels_last", False):
+    if channels_last and not getattr(encoder, "channels_last", False):
         encoder.to(memory_format=torch.channels_last)
         encoder.channels_last = True
     out = []
     for i in range(0, len(crops), batch_size):
-        x = preprocess(crops[i:i + batch_size], mode)                       # (b, 3, 224, 224)
-        if x.is_cuda:
+        x = preprocess(crops[i:i + batch_size].to(encoder.device, non_blocking=True), mode)  # (b, 3, 224, 224)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(reduce(*encoder(x)))
-    return torch.cat(out) if out else torch.empty(0, device=crops.device)
+    return torch.cat(out) if out else torch.empty(0, device=encoder.device)
+
+
+def cropping_device(cfg: Config, device) -> torch.device:
+    """Where the frames of a chunk are cropped: the host for OpenCV's uint8 resize (reference
+    arithmetic), the encoder's device for the batched float resize (exact arithmetic)."""
+    return torch.device("cpu") if cfg.arithmetic == "reference" else torch.device(device)
 
 
 def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: Config) -> dict[str, torch.Tensor]:
     """All vectors of a run of consecutive clips.
 
-    frames (B*T, H, W, 3) uint8 BGR on the device, clip b holding frames b*T .. b*T+T-1;
-    boxes: B arrays (K_b, 4). Returns spatial (K, 49, C), temporal_mean / temporal_max
-    (K, T-1, C), highlevel (B, T, D) and object_clip (K,), all on the device of `frames`.
+    frames (B*T, H, W, 3) uint8 BGR (on the host for the reference arithmetic, else on the
+    encoder's device), clip b holding frames b*T .. b*T+T-1; boxes: B arrays (K_b, 4). Returns
+    spatial (K, 49, C), temporal_mean / temporal_max (K, T-1, C), highlevel (B, T, D) and
+    object_clip (K,), all on the encoder's device.
 
-    Crops are cut one encoder batch at a time, so the float crops never exceed one batch; on CUDA
-    the few host arrays (boxes) go through pinned memory, so nothing here waits for the device.
+    Crops are cut one encoder batch at a time, so the crops never exceed one batch; on CUDA the few
+    host arrays (boxes) go through pinned memory, so nothing here waits for the device.
     """
     t, c = cfg.method.clip_length, cfg.method.channel_groups
     mode, batch = cfg.encoder.preprocessing, cfg.encoder.batch_size
     n_frames, height, width = frames.shape[:3]
     n_clips = n_frames // t
-    device = frames.device
+    device, where = encoder.device, frames.device                           # vectors, crops
+    channels_last = cfg.arithmetic == "exact" and device.type == "cuda"
 
-    def on_device(x: np.ndarray) -> torch.Tensor:                             # no host sync on CUDA
+    def to(x: np.ndarray, target: torch.device) -> torch.Tensor:              # no host sync on CUDA
         x = torch.as_tensor(x, dtype=torch.long)
-        return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+        return x.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else x
 
     def encode_crops(frame_index, crop_boxes, size, reduce):                  # (N,), (N, 4) -> (N, ...)
-        return torch.cat([encode(encoder, crop_and_resize(frames, frame_index[i:i + batch], crop_boxes[i:i + batch], size),
-                                 mode, batch, reduce) for i in range(0, len(frame_index), batch)])
+        return torch.cat([encode(encoder, crop_and_resize(frames, frame_index[i:i + batch], crop_boxes[i:i + batch],
+                                                          size, cfg.arithmetic),
+                                 mode, batch, reduce, channels_last) for i in range(0, len(frame_index), batch)])
 
     # global stream: every whole frame resized to 224 x 224
-    full = torch.zeros(n_frames, 4, dtype=torch.long, device=device)        # (B*T, 4) boxes 0, 0, W, H
+    full = torch.zeros(n_frames, 4, dtype=torch.long, device=where)         # (B*T, 4) boxes 0, 0, W, H
     full[:, 2], full[:, 3] = width, height
-    g = encode_crops(torch.arange(n_frames, device=device), full, 224, global_descriptors)  # (B*T, D)
+    g = encode_crops(torch.arange(n_frames, device=where), full, 224, global_descriptors)  # (B*T, D)
     g = g.view(n_clips, t, -1).transpose(1, 2)                                # (B, D, T)
     out = {"highlevel": highlevel_vectors(g)}                                 # (B, T, D)
 
     # local stream: each object's box cut from the T frames of its clip
     counts = [len(k) for k in boxes]
     n_obj = sum(counts)
-    object_clip = on_device(np.repeat(np.arange(len(boxes)), counts))        # (K,)
-    out["object_clip"] = object_clip
+    object_clip = np.repeat(np.arange(len(boxes)), counts)                   # (K,)
+    out["object_clip"] = to(object_clip, device)
     if n_obj == 0:
         out["spatial"] = torch.zeros(0, 49, c, device=device)
         out["temporal_mean"] = out["temporal_max"] = torch.zeros(0, t - 1, c, device=device)
         return out
-    obj_boxes = on_device(np.concatenate([k for k in boxes if len(k)]).reshape(-1, 4))  # (K, 4)
-    frame_index = (object_clip[:, None] * t + torch.arange(t, device=device)[None]).reshape(-1)  # (K*T,)
+    obj_boxes = to(np.concatenate([k for k in boxes if len(k)]).reshape(-1, 4), where)  # (K, 4)
+    frame_index = (to(object_clip, where)[:, None] * t + torch.arange(t, device=where)[None]).reshape(-1)  # (K*T,)
     crop_boxes = obj_boxes[:, None].expand(n_obj, t, 4).reshape(-1, 4)       # (K*T, 4)
     maps = encode_crops(frame_index, crop_boxes, cfg.objects.crop_size,
                         lambda m, d: local_maps(m, d, c))                     # (K*T, C, 28, 28)
@@ -195,6 +208,7 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
 
     t = cfg.method.clip_length
     device = encoder.device
+    crop_device = cropping_device(cfg, device)
     cuda = device.type == "cuda"
     clips_per_chunk = clips_per_chunk or max(1, (256 if cuda else 128) // t)
     chunks = [(lo, min(clips_per_chunk, len(starts) - lo)) for lo in range(0, len(starts), clips_per_chunk)]
@@ -223,7 +237,7 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
             frames = pending.popleft().result()                               # (n*T, H, W, 3)
             if k + 2 < len(chunks):
                 pending.append(ahead.submit(decode, *chunks[k + 2]))
-            feats = clip_features(frames.to(device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
+            feats = clip_features(frames.to(crop_device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
             feats["object_clip"] = feats["object_clip"] + lo
             parts.append(feats)
             if cuda:                                                          # at most 2 chunks queued on the device
@@ -310,33 +324,40 @@ def build_memories(cfg: Config, work: WorkDir) -> dict[str, Bank]:
 # ---------------------------------------------------------------------------------------------
 # 4. scores
 
-def video_clip_scores(feats: dict[str, np.ndarray], banks: dict[str, np.ndarray], power: int, device: str) -> dict[str, np.ndarray]:
+def video_clip_scores(feats: dict[str, np.ndarray], banks: dict[str, np.ndarray], power: int, device: str,
+                      arithmetic: str = "reference") -> dict[str, np.ndarray]:
     """Clip scores (B,) of each stream for one video, against banks {stream: (N, D)}."""
     n_clips = len(feats["clip_start"])
     bank = {s: torch.as_tensor(banks[s], device=device) for s in STREAMS}
     obj = torch.as_tensor(feats["object_clip"], device=device)
     as_t = lambda x: torch.as_tensor(x, device=device)
     return {
-        "spatial": local_clip_scores(as_t(feats["spatial"]), obj, n_clips, bank["spatial"], power).cpu().numpy(),
-        "temporal": local_clip_scores(as_t(feats["temporal_max"]), obj, n_clips, bank["temporal"], power).cpu().numpy(),
-        "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), bank["highlevel"], power).cpu().numpy(),
+        "spatial": local_clip_scores(as_t(feats["spatial"]), obj, n_clips, bank["spatial"], power, arithmetic).cpu().numpy(),
+        "temporal": local_clip_scores(as_t(feats["temporal_max"]), obj, n_clips, bank["temporal"], power,
+                                      arithmetic).cpu().numpy(),
+        "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), bank["highlevel"], power, arithmetic).cpu().numpy(),
     }
 
 
 def frame_table(cfg: Config, feats_by_video: dict, banks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-frame scores of every video, concatenated: video (index), frame, label, and one column per stream.
+    """Per-frame scores of every video, concatenated: video (index), frame, label, label_frame, and
+    one column per stream.
 
     Frames that belong to no clip get no score; labels are truncated the same way (the reference).
+    `frame` is the frame a score belongs to, `label_frame` the frame whose label stands beside it:
+    the same frame, except with skip_first_frame (IITB), where the reference pairs the scores of
+    frames 1..B*T with the labels of frames 0..B*T-1 (kept for the AUC; METHOD.md §9).
     """
     t, device = cfg.method.clip_length, resolve_device(cfg.device)
-    cols = {k: [] for k in ("video", "frame", "label", *STREAMS)}
+    cols = {k: [] for k in ("video", "frame", "label", "label_frame", *STREAMS)}
     for v, feats in enumerate(feats_by_video.values()):
-        clip = video_clip_scores(feats, banks, cfg.method.power, device)
+        clip = video_clip_scores(feats, banks, cfg.method.power, device, cfg.arithmetic)
         n = len(feats["clip_start"]) * t
         for s in STREAMS:
             cols[s].append(clip_to_frames(clip[s], t))
         cols["video"].append(np.full(n, v))
         cols["frame"].append(feats["clip_start"][0] + np.arange(n))
+        cols["label_frame"].append(np.arange(n))
         labels = feats.get("labels")
         cols["label"].append(labels[:n] if labels is not None else np.zeros(n, np.uint8))
     return {k: np.concatenate(c) for k, c in cols.items()}
@@ -355,7 +376,7 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, banks: dict[str, Bank])
         others = {s: banks[s].without_video(v) for s in STREAMS}
         if any(len(x) == 0 for x in others.values()):
             continue
-        clip = video_clip_scores(feats, others, cfg.method.power, device)
+        clip = video_clip_scores(feats, others, cfg.method.power, device, cfg.arithmetic)
         for s in STREAMS:
             out[s].append(clip_to_frames(clip[s], t))
     return {s: np.concatenate(x) for s, x in out.items()} if out["spatial"] else None
@@ -415,11 +436,12 @@ def evaluate(cfg: Config, work: WorkDir) -> dict:
 
 
 def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
-    """scores.csv: video, frame, label, spatial, temporal, highlevel, final_oracle, final_labelfree."""
+    """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, final_oracle,
+    final_labelfree. `label` is the label of frame `label_frame` (see frame_table)."""
     with atomic_path(path) as tmp, open(tmp, "w") as out:
-        out.write("video,frame,label,spatial,temporal,highlevel,final_oracle,final_labelfree\n")
+        out.write("video,frame,label,label_frame,spatial,temporal,highlevel,final_oracle,final_labelfree\n")
         for i in range(len(table["label"])):
-            out.write(f"{names[table['video'][i]]},{table['frame'][i]},{table['label'][i]},"
+            out.write(f"{names[table['video'][i]]},{table['frame'][i]},{table['label'][i]},{table['label_frame'][i]},"
                       f"{table['spatial'][i]:.8g},{table['temporal'][i]:.8g},{table['highlevel'][i]:.8g},"
                       f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
 
@@ -444,17 +466,16 @@ def read_scores(path) -> dict[str, np.ndarray]:
     import csv
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
-    kinds = {"video": str, "frame": np.int64, "label": np.int64}
+    kinds = {"video": str, "frame": np.int64, "label": np.int64, "label_frame": np.int64}
     return {name: np.array([r[j] for r in rows], dtype=kinds.get(name, np.float64)) for j, name in enumerate(header)}
 
 
 @torch.no_grad()
 def nearest_memory(queries: np.ndarray, bank: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's nearest memory vector: (Q, D), (N, D) -> distances (Q,), indices (Q,) into the bank."""
-    q, m = torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(bank, dtype=torch.float32)
-    index = torch.cat([torch.cdist(q[lo:lo + chunk], m).argmin(1) for lo in range(0, len(q), chunk)]
-                      or [torch.zeros(0, dtype=torch.long)])                  # (Q,)
-    return torch.linalg.vector_norm(q - m[index], dim=1).numpy(), index.numpy()   # exact distance to it
+    """Each query's nearest memory vector: (Q, D), (N, D) -> exact distances (Q,), indices (Q,) into the bank."""
+    distance, index = nearest(torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(bank, dtype=torch.float32),
+                              chunk=chunk)
+    return distance.numpy(), index.numpy()
 
 
 def crop_object(video, frame: int, box, size: int) -> np.ndarray:

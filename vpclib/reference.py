@@ -3,12 +3,15 @@
 The same numbers as `vpclib.pipeline`, computed the slow, obvious way, on purpose:
 
 - every object re-reads each frame of its clip from disk (`cv2.imread`), cuts its box with numpy
-  slicing and resizes it with `cv2.resize(crop.astype(np.float32), (S, S), INTER_LINEAR)`;
+  slicing and resizes it with `cv2.resize(crop, (S, S)).astype(np.float32)` (the uint8 crop, as the
+  authors do; `arithmetic: exact`: `cv2.resize(crop.astype(np.float32), (S, S))`, no rounding);
   whole frames are read again and resized to 224 x 224 the same way;
 - the encoder is called once per clip for its T frames and once per clip for its objects' crops;
 - the vectors go to an h5 file clip by clip and are read back, clip by clip, for the memory
   and the scores;
-- the nearest-neighbour search is a Python loop over objects: torch.cdist(Q, M).min(1).max().
+- the nearest-neighbour search is a Python loop over objects: torch.cdist(Q, M).min(1).max(),
+  Q laid out as the authors' reshapes leave it (`arithmetic: exact`: the exact distance to the
+  neighbour cdist finds).
 
 The feature arithmetic (`vpclib.features`), the pixel scaling (`vpclib.encoder.preprocess`) and
 the coreset (`vpclib.memory.build_bank`) are shared with the pipeline: what differs is the
@@ -48,11 +51,14 @@ def read_frame(video, i: int) -> np.ndarray:
     return frame
 
 
-def crop_resize(frame: np.ndarray, box, size: int) -> np.ndarray:
-    """frame[y1:y2, x1:x2] resized to (size, size, 3) float32 with OpenCV's bilinear filter."""
+def crop_resize(frame: np.ndarray, box, size: int, arithmetic: str = "reference") -> np.ndarray:
+    """frame[y1:y2, x1:x2] resized to (size, size, 3) float32 with OpenCV's bilinear filter: the
+    uint8 crop, rounded by OpenCV, then cast (reference), or the float32 crop (exact)."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    crop = frame[y1:y2, x1:x2].astype(np.float32)
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+    crop = frame[y1:y2, x1:x2]
+    if arithmetic == "exact":
+        return cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
 
 def run_encoder(encoder, images: list[np.ndarray], mode: str, reduce) -> torch.Tensor:
@@ -70,7 +76,7 @@ def clip_vectors(video, start: int, boxes: np.ndarray, encoder, cfg: Config) -> 
     for i in range(t):
         frame = read_frame(video, start + i)
         height, width = frame.shape[:2]
-        whole.append(crop_resize(frame, (0, 0, width, height), INPUT_SIZE))
+        whole.append(crop_resize(frame, (0, 0, width, height), INPUT_SIZE, cfg.arithmetic))
     g = run_encoder(encoder, whole, mode, global_descriptors)             # (T, D)
     out = {"highlevel": highlevel_vectors(g.T[None])[0].cpu().numpy()}    # (T, D)
 
@@ -81,7 +87,7 @@ def clip_vectors(video, start: int, boxes: np.ndarray, encoder, cfg: Config) -> 
     crops = []
     for box in boxes:                                                     # the authors' loop: per object,
         for i in range(t):                                                # every frame read again
-            crops.append(crop_resize(read_frame(video, start + i), box, size))
+            crops.append(crop_resize(read_frame(video, start + i), box, size, cfg.arithmetic))
     maps = run_encoder(encoder, crops, mode, lambda m, d: local_maps(m, d, c))  # (K*T, C, 28, 28)
     local = maps.view(len(boxes), t, c, *maps.shape[-2:]).permute(0, 2, 1, 3, 4)  # (K, C, T, 28, 28)
     out["spatial"] = spatial_vectors(local).cpu().numpy()
@@ -133,11 +139,17 @@ def build_memories(path, cfg: Config, device: str = "cpu") -> dict[str, Bank]:
             for s in STREAMS}
 
 
-def set_score(queries: np.ndarray, bank: torch.Tensor, power: int) -> float:
-    """s(Q, M) = (max over q of min over m of ||q - m||) ** n, straight from torch.cdist."""
-    q = torch.as_tensor(queries, device=bank.device)
-    d = torch.cdist(q, bank)                                               # (V, N)
-    return float(d.min(1).values.max()) ** power
+def set_score(queries: np.ndarray, bank: torch.Tensor, power: int, arithmetic: str = "reference") -> float:
+    """s(Q, M) = (max over q of min over m of ||q - m||) ** n, straight from torch.cdist.
+
+    queries (V, D) are laid out as the authors' reshapes leave them: the transpose of a contiguous
+    (D, V) array. exact: the distance to the neighbour cdist finds, recomputed as ||q - m||.
+    """
+    q = torch.as_tensor(np.ascontiguousarray(np.asarray(queries).T), device=bank.device).T  # (V, D)
+    d, nearest = torch.cdist(q, bank).min(1)                                # (V,)
+    if arithmetic == "exact":
+        d = torch.linalg.vector_norm(q - bank[nearest], dim=1)
+    return float(d.max() ** power)
 
 
 def frame_scores(path, banks: dict[str, np.ndarray], cfg: Config, device: str = "cpu") -> dict[str, np.ndarray]:
@@ -148,10 +160,11 @@ def frame_scores(path, banks: dict[str, np.ndarray], cfg: Config, device: str = 
     for _, _, _, vec in _clips(path):
         spatial = temporal = 0.0                                          # a clip without objects scores 0
         for k in range(len(vec["spatial"])):
-            spatial = max(spatial, set_score(vec["spatial"][k], bank["spatial"], power))
-            temporal = max(temporal, set_score(vec["temporal_max"][k], bank["temporal"], power))  # MAX at test
+            spatial = max(spatial, set_score(vec["spatial"][k], bank["spatial"], power, cfg.arithmetic))
+            temporal = max(temporal, set_score(vec["temporal_max"][k], bank["temporal"], power,  # MAX at test
+                                               cfg.arithmetic))
         clip = {"spatial": spatial, "temporal": temporal,
-                "highlevel": set_score(vec["highlevel"], bank["highlevel"], power)}
+                "highlevel": set_score(vec["highlevel"], bank["highlevel"], power, cfg.arithmetic)}
         for s in STREAMS:
             out[s].extend([clip[s]] * t)
     return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}
