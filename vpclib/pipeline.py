@@ -39,9 +39,8 @@ def progress(iterable=None, **kw):
 
 
 def note(text: str) -> None:
-    """One line to stderr about what a stage does (resuming, loading a model); off with VPC_PROGRESS=0."""
-    if os.environ.get("VPC_PROGRESS", "1") != "0":
-        print(text, file=sys.stderr, flush=True)
+    """One line to stderr that the user must see (a resumed stage), progress bars on or off."""
+    print(text, file=sys.stderr, flush=True)
 
 
 class _CountedVideo:
@@ -530,10 +529,12 @@ def run(cfg: Config, work_dir, overwrite: bool = False) -> dict:
     """Every stage, in order, reusing what is cached. Returns the metrics.
 
     Everything that can be checked is checked before a model loads or anything is written: both
-    splits and the test labels, every cache decision (a refused run writes nothing, not even
-    config.json), the work directory, the encoder's parameters; the encoder is loaded (a bad
-    checkpoint fails here) before objects are detected.
+    splits and the test labels, every cache decision (a refused run writes nothing), the work
+    directory, the encoder's parameters; the encoder is loaded (a bad checkpoint fails here) before
+    objects are detected. config.json is written last: it is the config of the finished run that
+    `vpc score` scores new video with (memory.npz, metrics.json).
     """
+    resolve_device(cfg.device)                                               # cuda without a GPU: fail now
     work = WorkDir(work_dir, overwrite=overwrite)
     videos = {s: load_videos(cfg, work, s) for s in SPLITS}
     decisions = plan(cfg, work, videos)
@@ -541,12 +542,13 @@ def run(cfg: Config, work_dir, overwrite: bool = False) -> dict:
     encoder = None
     if any(decisions[f"features/{s}.h5"] != "reuse" for s in SPLITS):
         encoder = load_encoder(cfg)
-    write_json(work.path("config.json"), cfg.to_dict())
     for split in SPLITS:
         detect_objects(cfg, work, split, videos[split])
     for split in SPLITS:
         extract_features(cfg, work, split, videos[split], encoder=encoder)
-    return evaluate(cfg, work, videos)
+    result = evaluate(cfg, work, videos)
+    write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
