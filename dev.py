@@ -59,6 +59,7 @@ def main() -> int:
     if command == "main":
         return subprocess.call([py, "-m", "vpclib.cli", "notebooks", "params/synthetic.yaml"], cwd=ROOT, env=env)
     if command == "test":
+        env["VPC_PROGRESS"] = "0"          # nbval compares the notebooks' text outputs: no progress bars
         return subprocess.call([py, "-m", "pytest", "tests", "notebooks", "--nbval", "--nbval-sanitize-with",
                                 "notebooks/sanitize.cfg", "-p", "no:cacheprovider", *sys.argv[2:]], cwd=ROOT, env=env)
     return 0

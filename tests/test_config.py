@@ -149,7 +149,9 @@ def test_shipped_params_files_load(name):
 # cache keys
 
 def _hashes(cfg):
-    return {stage: params_hash(stage_params(cfg, stage)) for stage in ("objects", "features", "memory")}
+    return {f"{stage}/{split}" if split else stage: params_hash(stage_params(cfg, stage, split))
+            for stage, split in (("objects", "train"), ("objects", "test"), ("features", "train"),
+                                 ("features", "test"), ("memory", None), ("metrics", None))}
 
 
 def test_params_hash_is_sha256_of_sorted_json():
@@ -162,28 +164,42 @@ def test_params_hash_is_sha256_of_sorted_json():
 
 def test_stage_params_contents():
     cfg = from_dict()
-    objects = stage_params(cfg, "objects")
-    assert set(objects) == {"data", "objects", "method.clip_length"}
-    assert objects["method.clip_length"] == 10 and objects["objects"]["crop_size"] == 64
-    features = stage_params(cfg, "features")
-    assert "batch_size" not in features["encoder"] and features["encoder"]["backbone"] == "clip_rn101"
+    objects = stage_params(cfg, "objects", "train")
+    assert objects["method.clip_length"] == 10 and objects["objects.train_confidence"] == 0.7
+    assert "objects.test_confidence" not in objects and "objects.crop_size" not in objects
+    assert "objects.weights" not in objects                                 # the motion detector has none
+    assert not any(k.startswith("encoder.") or k == "data.root" or k == "data.name" for k in objects)
+    features = stage_params(cfg, "features", "test")
+    assert "encoder.batch_size" not in features and features["encoder.backbone"] == "clip_rn101"
+    assert features["objects.crop_size"] == 64 and features["objects.test_confidence"] == 0.6
     assert cfg.encoder.batch_size == 64                                      # the config is not modified
     assert set(stage_params(cfg, "memory")) >= {"method.coreset_ratio", "method.channel_groups"}
+    assert set(stage_params(cfg, "metrics")) >= {"method.power", "fusion.a", "fusion.sigma_grid",
+                                                  "objects.test_confidence", "method.coreset_ratio"}
+    # a checkpoint path enters the key as its content hash (vpclib.keys), never as its spelling
+    assert "encoder.pretrained" not in stage_params(from_dict({"encoder": {"pretrained": "/x/w.pt"}}), "features")
+
+
+ALL = {"objects/train", "objects/test", "features/train", "features/test", "memory", "metrics"}
 
 
 @pytest.mark.parametrize("overrides, changed", [
     ({"encoder": {"batch_size": 8}}, set()),                     # performance only
     ({"device": "cpu"}, set()),
-    ({"method": {"power": 2}}, set()),                           # scores are not cached by these stages
-    ({"fusion": {"a": 0.7}}, set()),
-    ({"method": {"clip_length": 4}}, {"objects", "features", "memory"}),
-    ({"objects": {"test_confidence": 0.5}}, {"objects", "features", "memory"}),
-    ({"data": {"synthetic": {"seed": 1}}}, {"objects", "features", "memory"}),
-    ({"method": {"channel_groups": 64}}, {"features", "memory"}),
-    ({"encoder": {"pretrained": "random"}}, {"features", "memory"}),
-    ({"encoder": {"preprocessing": "clip"}}, {"features", "memory"}),
-    ({"method": {"coreset_ratio": 0.1}}, {"memory"}),
-    ({"method": {"coreset_projection": True}}, {"memory"}),
+    ({"data": {"root": "/elsewhere", "name": "other"}}, set()),  # a path's spelling and a name
+    ({"objects": {"weights": "other.pt", "hub_model": "yolov5s"}}, set()),   # not the motion detector's
+    ({"method": {"power": 2}}, {"metrics"}),
+    ({"fusion": {"a": 0.7}}, {"metrics"}),
+    ({"method": {"clip_length": 4}}, ALL),
+    ({"objects": {"test_confidence": 0.5}}, {"objects/test", "features/test", "metrics"}),
+    ({"objects": {"train_confidence": 0.5}}, {"objects/train", "features/train", "memory", "metrics"}),
+    ({"data": {"synthetic": {"seed": 1}}}, ALL),
+    ({"objects": {"crop_size": 32}}, ALL - {"objects/train", "objects/test"}),
+    ({"method": {"channel_groups": 64}}, ALL - {"objects/train", "objects/test"}),
+    ({"encoder": {"pretrained": "random"}}, ALL - {"objects/train", "objects/test"}),
+    ({"encoder": {"preprocessing": "clip"}}, ALL - {"objects/train", "objects/test"}),
+    ({"method": {"coreset_ratio": 0.1}}, {"memory", "metrics"}),
+    ({"method": {"coreset_projection": True}}, {"memory", "metrics"}),
 ])
 def test_stage_hashes_change_only_with_relevant_values(overrides, changed):
     base, other = _hashes(from_dict()), _hashes(from_dict(overrides))

@@ -11,7 +11,7 @@ import scipy.io
 
 from vpclib.datasets import (Video, clip_starts, intervals_to_mask, load_avenue_pixel_masks,
                              load_interval_mat, load_npy_mask, load_split, load_ucsd_m,
-                             natural_sort, scored_length)
+                             natural_sort, read_image, scored_length)
 from vpclib.errors import DatasetError
 
 SHARED_DATA = Path(os.environ.get("VPC_SHARED_DATA",
@@ -414,7 +414,7 @@ def test_error_corrupt_frame_names_the_file(tmp_path):
     bad.write_bytes(b"not a png at all")
     (video,) = load_split("ucsd", root, "train")
     assert video.read_frame(3).shape == (24, 32, 3)
-    with pytest.raises(DatasetError, match=r"cannot read frame .*01/004\.png"):
+    with pytest.raises(DatasetError, match=r"frame .*01/004\.png.* corrupt"):
         video.read_frame(4)
     with pytest.raises(DatasetError, match=r"004\.png"):
         list(video.iter_frames())
@@ -425,3 +425,45 @@ def test_error_unopenable_video_file(tmp_path):
     (tmp_path / "broken.avi").write_bytes(b"\x00" * 100)
     with pytest.raises(DatasetError, match=r"broken\.avi"):
         video.read_frame(0)
+
+
+# -----------------------------------------------------------------------------
+# checked decoding: truncated files and frames of another size
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_frame_is_an_error_naming_it(tmp_path, suffix):
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    good, bad = tmp_path / f"good{suffix}", tmp_path / f"bad{suffix}"
+    cv2.imwrite(str(good), image)
+    content = good.read_bytes()
+    bad.write_bytes(content[:len(content) // 2])
+    assert cv2.imread(str(bad)) is not None or suffix == ".png"            # OpenCV alone decodes a JPEG half
+    assert read_image(good).shape == (48, 64, 3)
+    with pytest.raises(DatasetError, match=rf"{bad.name} is truncated or corrupt"):
+        read_image(bad)
+    padded = tmp_path / f"padded{suffix}"
+    padded.write_bytes(content + b"\x00" * 16)                              # trailing padding is allowed
+    assert read_image(padded).shape == (48, 64, 3)
+
+
+def test_frame_of_another_size_names_both_frames(tmp_path):
+    root = ucsd_dataset(tmp_path / "ds")
+    folder = root / "training" / "frames" / "01"
+    odd = sorted(folder.iterdir())[5]
+    cv2.imwrite(str(odd), np.zeros((10, 20, 3), np.uint8))
+    (video,) = load_split("ucsd", root, "train")
+    assert video.decode(4).shape[:2] == (24, 32)
+    with pytest.raises(DatasetError, match=rf"{odd.name} is 20x10 but the video's first frame .*000\.png is 32x24"):
+        list(video.iter_frames())
+
+
+def test_video_file_frame_count_and_sizes_checked(tmp_path):
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(6):
+        writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
+    writer.release()
+    video = Video("v", path, None, 6)
+    assert [i for i, _ in video.iter_frames()] == list(range(6)) and video.frame_size == (32, 24)
+    with pytest.raises(DatasetError, match=r"v\.avi ended after 6 frames"):
+        list(Video("v", path, None, 9).iter_frames([8]))

@@ -116,7 +116,8 @@ def test_cache_made_with_other_parameters_is_an_error(tiny_run, tmp_path):
     with pytest.raises(CacheMismatchError, match=r"features/train.h5.*method.channel_groups"):
         pipeline.extract_features(other, WorkDir(work), "train")
     # nothing was lost: the old artifact is still there and still reusable
-    assert WorkDir(work).ready("features/train.h5", pipeline.stage_params(cfg, "features"))
+    videos = pipeline.load_videos(cfg, WorkDir(work), "train")
+    assert WorkDir(work).ready("features/train.h5", pipeline.keys.features_key(cfg, "train", videos))
 
 
 def test_features_resume_after_an_interruption(tmp_path, monkeypatch):

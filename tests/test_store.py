@@ -1,12 +1,12 @@
 """store: atomic writes, manifests and cache checks of the work directory."""
 
+import hashlib
 import json
 
 import pytest
 
-from vpclib.config import params_hash
-from vpclib.errors import CacheMismatchError
-from vpclib.store import WorkDir, atomic_path, read_json, write_json
+from vpclib.errors import CacheMismatchError, WorkDirError
+from vpclib.store import FileSet, WorkDir, atomic_path, file_digest, read_json, write_json
 
 PARAMS = {"method.clip_length": 10, "objects": {"crop_size": 64, "classes": [0, 2]}}
 
@@ -54,12 +54,12 @@ def test_ready_false_true(tmp_path):
     assert not work.ready("memory.npz", PARAMS)                             # no manifest: never finished
     work.commit("memory.npz", PARAMS)
     manifest = read_json(tmp_path / "w" / "memory.npz.params.json")
-    assert manifest == {"key": params_hash(PARAMS), "params": PARAMS}
+    assert manifest == {"version": 2, "key": PARAMS}
     assert work.ready("memory.npz", PARAMS)
     assert work.ready("memory.npz", json.loads(json.dumps(PARAMS)))         # equal params, another object
 
 
-def test_ready_mismatch_names_file_and_key(tmp_path):
+def test_ready_mismatch_names_file_key_and_both_values(tmp_path):
     work = WorkDir(tmp_path)
     work.path("objects.json").write_text("{}")
     work.commit("objects.json", PARAMS)
@@ -68,13 +68,19 @@ def test_ready_mismatch_names_file_and_key(tmp_path):
         work.ready("objects.json", other)
     message = str(info.value)
     assert str(tmp_path / "objects.json") in message
-    assert "method.clip_length" in message and "objects" not in message.split("differing:")[1].split(")")[0]
-    assert "--overwrite" in message
-    # the artifact and its manifest are untouched
-    assert read_json(work.manifest(work.path("objects.json")))["params"] == PARAMS
-    # a key present on one side only is named too
-    with pytest.raises(CacheMismatchError, match="extra"):
+    assert "method.clip_length: 10 -> 4" in message and "objects:" not in message
+    assert "--overwrite" in message and "\n" not in message
+    assert read_json(work.manifest(work.path("objects.json")))["key"] == PARAMS   # untouched
+    with pytest.raises(CacheMismatchError, match=r"extra: \"\(absent\)\" -> 1"):
         work.ready("objects.json", {**PARAMS, "extra": 1})
+
+
+def test_manifest_of_an_older_version_is_a_mismatch(tmp_path):
+    work = WorkDir(tmp_path)
+    work.path("a.npz").write_bytes(b"x")
+    write_json(work.manifest(work.path("a.npz")), {"key": "0123456789abcdef", "params": PARAMS})
+    with pytest.raises(CacheMismatchError, match="older vpc"):
+        work.ready("a.npz", PARAMS)
 
 
 def test_ready_overwrite(tmp_path):
@@ -94,12 +100,68 @@ def test_check_partial_resume_semantics(tmp_path):
     assert not partial.exists()
     partial.write_bytes(b"half")
     work.commit("features.h5.partial", PARAMS)
+    assert work.decide("features.h5", PARAMS) == "resume"
     assert work.check_partial("features.h5", PARAMS)                        # resume
     assert partial.read_bytes() == b"half"
     with pytest.raises(CacheMismatchError) as info:
         work.check_partial("features.h5", {**PARAMS, "method.clip_length": 4})
-    assert str(partial) in str(info.value)
+    assert str(partial) in str(info.value) and "interrupted" in str(info.value)
     assert partial.exists()                                                 # kept without --overwrite
     overwriting = WorkDir(tmp_path, overwrite=True)
     assert not overwriting.check_partial("features.h5", {**PARAMS, "method.clip_length": 4})
     assert not partial.exists()                                             # stale partial removed
+
+
+# ---------------------------------------------------------------------------------------------
+# input fingerprints
+
+def _frames(folder, contents):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, c in enumerate(contents):
+        (folder / f"{i:03d}.jpg").write_bytes(c)
+    return [(f"v/{i:03d}.jpg", folder / f"{i:03d}.jpg") for i in range(len(contents))]
+
+
+def test_fileset_same_files_elsewhere_match(tmp_path):
+    a = FileSet(_frames(tmp_path / "a", [b"one", b"two"]))
+    stored = json.loads(json.dumps(a.to_json()))
+    assert stored["content"] == hashlib.sha256(b"onetwo").hexdigest()[:16]  # computed here independently
+    import shutil
+    shutil.copytree(tmp_path / "a", tmp_path / "b")                         # copy2: same mtimes
+    assert FileSet(_frames(tmp_path / "b", [b"one", b"two"])).matches(stored)
+    c = FileSet(_frames(tmp_path / "c", [b"one", b"two"]))                   # rewritten: new mtimes, same bytes
+    assert c.summary["mtimes"] != stored["mtimes"] and c.matches(stored)
+
+
+def test_fileset_other_content_does_not_match(tmp_path):
+    stored = FileSet(_frames(tmp_path / "a", [b"one", b"two"])).to_json()
+    assert not FileSet(_frames(tmp_path / "b", [b"one", b"twx"])).matches(stored)   # same size, other bytes
+    assert not FileSet(_frames(tmp_path / "c", [b"one"])).matches(stored)            # a frame fewer
+    assert not FileSet(_frames(tmp_path / "d", [b"one", b"three"])).matches(stored)  # another size
+
+
+def test_mismatch_shows_fileset_old_and_new(tmp_path):
+    work = WorkDir(tmp_path / "w")
+    work.path("o.json").write_text("{}")
+    work.commit("o.json", {"frames.train": FileSet(_frames(tmp_path / "a", [b"one", b"two"]))})
+    with pytest.raises(CacheMismatchError) as info:
+        work.ready("o.json", {"frames.train": FileSet(_frames(tmp_path / "b", [b"one"]))})
+    assert "frames.train: 2 files" in str(info.value) and "-> 1 files" in str(info.value)
+
+
+def test_file_digest(tmp_path):
+    (tmp_path / "x.csv").write_bytes(b"video,frame\n")
+    assert file_digest(tmp_path / "x.csv") == f"sha256:{hashlib.sha256(b'video,frame' + bytes([10])).hexdigest()[:16]} (12 bytes)"
+
+
+def test_write_errors_name_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    (tmp_path / "m.json").write_text("old")
+    with pytest.raises(WorkDirError, match=r"disk full while writing .*m\.json.*nothing cached was lost"):
+        write_json(tmp_path / "m.json", {"a": 1})
+    monkeypatch.undo()
+    assert (tmp_path / "m.json").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]

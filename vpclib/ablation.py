@@ -253,10 +253,12 @@ def evaluate_setting(cfg: Config, work: WorkDir, main_cfg: Config, n_videos: int
     if not n_videos and cfg.to_dict() == main_cfg.to_dict():
         return pipeline.evaluate(cfg, work)
     sub = setting_dir(work, cfg, n_videos)
+    videos = {}
     for split in pipeline.SPLITS:
-        videos = pipeline.load_videos(cfg, work, split)                  # the data root of the main run
-        pipeline.extract_features(cfg, sub, split, videos=videos[:n_videos] if n_videos else videos, encoder=encoder)
-    return pipeline.evaluate(cfg, sub)
+        videos[split] = pipeline.load_videos(cfg, work, split)           # the data root of the main run
+        videos[split] = videos[split][:n_videos] if n_videos else videos[split]
+        pipeline.extract_features(cfg, sub, split, videos=videos[split], encoder=encoder)
+    return pipeline.evaluate(cfg, sub, videos)
 
 
 def feature_sweep(cfg: Config, work: WorkDir, key: str, values, n_videos: int | None = None, encoder=None) -> list[dict]:

@@ -1,8 +1,13 @@
-"""Command line: `vpc run PARAMS.yaml`, single stages, and the notebooks.
+"""Command line: `vpc run PARAMS.yaml`, single stages, the notebooks, and scoring new video.
 
-    vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device cpu|cuda] [--overwrite]
+    vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device auto|cpu|cuda[:N]] [--overwrite]
     vpc objects|features|memory|metrics PARAMS.yaml ...   (one stage and what it needs)
     vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
+    vpc score WORK VIDEO... [--out DIR] [--clip gif|mp4] [--device D]
+
+Every error on bad input is one line naming the file or parameter, exit code 2; Ctrl-C exits
+with 130 after one line saying what the work directory keeps (a rerun resumes). The params file
+is read and checked before torch is imported.
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ import sys
 from pathlib import Path
 
 from .errors import VPCError
+
+
+def _device(text: str) -> str:
+    from .config import DEVICE_PATTERN
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (e.g. cuda:1), got {text!r}")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,24 +40,57 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("params", help="a params YAML file, e.g. params/synthetic.yaml")
         s.add_argument("--data-root", help="dataset root (overrides data.root)")
         s.add_argument("--work-dir", help="where artifacts go (default: work/<dataset name>)")
-        s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides 'device'")
-        s.add_argument("--overwrite", action="store_true", help="recompute artifacts made with other parameters")
+        s.add_argument("--device", type=_device, metavar="auto|cpu|cuda|cuda:N", help="overrides 'device'")
+        s.add_argument("--overwrite", action="store_true",
+                       help="recompute artifacts made from other inputs or parameters"
+                            + (" (the whole pipeline runs first, then the notebooks)" if name == "notebooks" else ""))
         if name == "notebooks":
             s.add_argument("--out", help="folder for the executed notebooks (default runs/<dataset>)")
             s.add_argument("--figures", help="folder for the figures (default figures/<dataset>)")
             s.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                            help="a notebook parameter, VALUE read as YAML, e.g. -p ABLATION_VIDEOS 0 or "
                                 "-p ABLATION_C '[54, 108]' (repeatable)")
+    s = sub.add_parser("score", help="score new video with the memories of a finished work directory",
+                       description="score videos or frame folders the memories never saw (no labels needed) "
+                                   "with the memories and params of a finished `vpc run`")
+    s.add_argument("work", help="a finished work directory (config.json, memory.npz, metrics.json)")
+    s.add_argument("videos", nargs="+", metavar="VIDEO", help="a video file or a folder of frames")
+    s.add_argument("--out", help="output folder (default WORK/scored)")
+    s.add_argument("--clip", choices=["gif", "mp4", "none"], default="none",
+                   help="also write an annotated clip: boxes coloured by their score, a score bar")
+    s.add_argument("--no-plot", action="store_true", help="no score-curve PNG")
+    s.add_argument("--device", type=_device, metavar="auto|cpu|cuda|cuda:N", help="overrides the run's device")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    args.work_dir_used = None
     try:
         return _dispatch(args)
     except VPCError as err:
         print(f"vpc: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:                                                    # reading or writing a file
+        from .store import write_error
+        where = err.filename or "a file"
+        print(f"vpc: error: {write_error(where, err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vpc: interrupted. {_kept(args.work_dir_used)}", file=sys.stderr)
+        return 130
+
+
+def _kept(work_dir) -> str:
+    """What an interrupted run leaves: finished artifacts, resumable .partial ones."""
+    if work_dir is None or not Path(work_dir).is_dir():
+        return "Nothing was written."
+    from .store import finished_artifacts
+    items = finished_artifacts(work_dir)
+    if not items:
+        return f"Nothing finished in {work_dir}; rerun the same command to start again."
+    return (f"{work_dir} keeps {', '.join(items)} (finished; .partial: resumable); "
+            f"rerun the same command to resume")
 
 
 def _notebook_parameters(pairs) -> dict:
@@ -61,16 +106,23 @@ def _notebook_parameters(pairs) -> dict:
 
 
 def _dispatch(args) -> int:
-    from . import pipeline
     from .config import load_params
+
+    if args.command == "score":
+        return _score(args)
+    cfg = load_params(args.params, **{"data.root": args.data_root, "device": args.device})  # before torch
+    work_dir = Path(args.work_dir or f"work/{cfg.data.name}")
+    args.work_dir_used = work_dir
+    from . import pipeline
     from .store import WorkDir
 
-    cfg = load_params(args.params, **{"data.root": args.data_root, "device": args.device})
-    work_dir = Path(args.work_dir or f"work/{cfg.data.name}")
     if args.command == "notebooks":
         from .notebooks import run_notebooks
+        extra = _notebook_parameters(args.parameter)
+        if args.overwrite:                     # the notebooks reuse the work directory's artifacts
+            pipeline.run(cfg, work_dir, overwrite=True)
         run_notebooks(args.params, work_dir=work_dir, data_root=args.data_root, device=args.device,
-                      out_dir=args.out, figures_dir=args.figures, extra=_notebook_parameters(args.parameter))
+                      out_dir=args.out, figures_dir=args.figures, extra=extra)
         return 0
     if args.command == "run":
         result = pipeline.run(cfg, work_dir, overwrite=args.overwrite)
@@ -80,18 +132,40 @@ def _dispatch(args) -> int:
         print(f"wrote {work_dir / 'metrics.json'} and {work_dir / 'scores.csv'}")
         return 0
     work = WorkDir(work_dir, overwrite=args.overwrite)
-    for split in pipeline.SPLITS:
-        if args.command == "objects":
-            pipeline.detect_objects(cfg, work, split)
-        elif args.command == "features":
-            pipeline.extract_features(cfg, work, split)
-    if args.command == "memory":
-        banks = pipeline.build_memories(cfg, work)
+    videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}   # labels checked first
+    if args.command == "objects":
+        for split in pipeline.SPLITS:
+            pipeline.detect_objects(cfg, work, split, videos[split])
+    elif args.command == "features":
+        encoder = pipeline.load_encoder(cfg)
+        for split in pipeline.SPLITS:
+            pipeline.extract_features(cfg, work, split, videos[split], encoder=encoder)
+    elif args.command == "memory":
+        banks = pipeline.build_memories(cfg, work, videos["train"])
         for name, bank in banks.items():
             print(f"{name}: {bank.vectors.shape[0]} vectors x {bank.vectors.shape[1]} dims, {bank.megabytes:.2f} MB")
-    if args.command == "metrics":
-        result = pipeline.evaluate(cfg, work)
+    elif args.command == "metrics":
+        result = pipeline.evaluate(cfg, work, videos)
         print(json.dumps({k: result[k] for k in ("auc_micro_oracle", "auc_micro_labelfree")}, indent=1))
+    return 0
+
+
+def _score(args) -> int:
+    """vpc score WORK VIDEO...: one CSV (and PNG, and clip) per video in --out."""
+    from . import score_video
+    args.work_dir_used = None
+    run = score_video.finished_run(args.work, device=args.device)
+    videos = [score_video.open_video(v, run.cfg.method.clip_length) for v in args.videos]  # all checked first
+    out_dir = Path(args.out or Path(args.work) / "scored")
+    from .objects import build_detector
+    from . import pipeline
+    detector = build_detector(run.cfg, pipeline.resolve_device(run.cfg.device))
+    encoder = pipeline.load_encoder(run.cfg)
+    for video in videos:
+        result = score_video.score_to_folder(run, video.source, out_dir, args.clip, not args.no_plot, detector, encoder)
+        written = [str(result[k]) for k in ("csv", "png", "clip") if k in result]
+        print(f"{video.name}: {len(result['frame'])} frames scored, label-free final max "
+              f"{result['final_labelfree'].max():.3f}; wrote {', '.join(written)}")
     return 0
 
 

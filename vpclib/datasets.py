@@ -49,12 +49,53 @@ def _natural_key(path) -> list:
     return [int(part) if i % 2 else part for i, part in enumerate(parts)]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One frame file as (H, W, 3) uint8 BGR; DatasetError naming the file if unreadable."""
+JPEG_END = b"\xff\xd9"                                  # end-of-image marker
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"             # the IEND chunk
+
+
+def check_complete(path: Path) -> None:
+    """DatasetError if a JPEG or PNG file is cut short (its end marker is missing).
+
+    OpenCV decodes a truncated JPEG with a grey lower part and only prints a warning naming no
+    file; the end-of-image marker FF D9 (JPEG) or the IEND chunk (PNG) is what a complete file
+    ends with (a few trailing padding bytes are allowed).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        return
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as err:
+        raise DatasetError(f"cannot read frame {path}: {err.strerror or err}") from None
+    marker = JPEG_END if suffix != ".png" else PNG_END
+    if marker not in tail.rstrip(b"\x00\r\n "):
+        kind = "JPEG end-of-image marker FF D9" if suffix != ".png" else "PNG IEND chunk"
+        raise DatasetError(f"frame {path} is truncated or corrupt (no {kind} at its end, {size} bytes): "
+                           f"replace the file or remove it from the video folder")
+
+
+def read_image(path: Path, expected_size: tuple[int, int] | None = None, first: Path | None = None) -> np.ndarray:
+    """One frame file as (H, W, 3) uint8 BGR; DatasetError naming the file if unreadable or truncated,
+    or if its (width, height) is not `expected_size` (that of the video's first frame, `first`)."""
+    check_complete(path)
     frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if frame is None:
         raise DatasetError(f"cannot read frame {path}: missing, unreadable or corrupt image file")
+    if expected_size is not None:
+        check_frame_size(frame, expected_size, path, first)
     return frame
+
+
+def check_frame_size(frame: np.ndarray, expected_size: tuple[int, int], where, first) -> None:
+    """DatasetError naming both frames when a frame's (width, height) differs from the first frame's."""
+    height, width = frame.shape[:2]
+    if (width, height) != tuple(expected_size):
+        raise DatasetError(f"frame {where} is {width}x{height} but the video's first frame {first} is "
+                           f"{expected_size[0]}x{expected_size[1]}: every frame of a video must have one size")
 
 
 @dataclass(eq=False)
@@ -80,13 +121,28 @@ class Video:
         """
         wanted = self._wanted(indices)
         if self.frame_paths is None:
-            return _decode_video_file(self.source, wanted, self.n_frames)
-        return ((i, read_image(self.frame_paths[i])) for i in wanted)
+            return self._checked_video_frames(wanted)
+        return ((i, self.decode(i)) for i in wanted)
+
+    def decode(self, i: int) -> np.ndarray:
+        """Frame i of a frame folder, checked: complete file, and the size of frame 0."""
+        if self.frame_paths is None:
+            return self.read_frame(i)
+        return read_image(self.frame_paths[i], self.frame_size, self.frame_paths[0])
+
+    def _checked_video_frames(self, wanted):
+        for i, frame in _decode_video_file(self.source, wanted, self.n_frames):
+            check_frame_size(frame, self.frame_size, f"{i} of video file {self.source}", "(frame 0)")
+            yield i, frame
 
     @cached_property
     def frame_size(self) -> tuple[int, int]:
         """(width, height) of the frames, read from the first frame."""
-        height, width = self.read_frame(0).shape[:2]
+        if self.frame_paths is not None:
+            frame = read_image(self.frame_paths[0])
+        else:
+            [(_, frame)] = _decode_video_file(self.source, [0], self.n_frames)
+        height, width = frame.shape[:2]
         return width, height
 
     def _wanted(self, indices: Iterable[int] | None) -> list[int]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import short_error
 from .errors import ConfigError, WeightsUnavailableError
 
 INPUT_SIZE = 224
@@ -128,15 +129,15 @@ def _read_state_dict(path: Path) -> dict:
             state = load_file(str(path))
         except Exception as err:                                            # truncated or not safetensors
             raise WeightsUnavailableError(f"encoder.pretrained: {path} is not a readable .safetensors "
-                                          f"file ({err})") from err
+                                          f"file ({short_error(err)})") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise WeightsUnavailableError(
-                f"encoder.pretrained: {path} is not a plain state dict ({err}). TorchScript archives "
+                f"encoder.pretrained: {path} is not a plain state dict ({short_error(err)}). TorchScript archives "
                 f"(OpenAI's original RN101.pt) are not loaded; use open_clip's "
-                f"open_clip_pytorch_model.bin / .safetensors, or pretrained: openai") from err
+                f"open_clip_pytorch_model.bin / .safetensors, or pretrained: openai") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

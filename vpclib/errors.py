@@ -23,3 +23,7 @@ class WeightsUnavailableError(VPCError, RuntimeError):
 
 class CacheMismatchError(VPCError, RuntimeError):
     """An artifact in the work directory was made with other parameters."""
+
+
+class WorkDirError(VPCError, OSError):
+    """The work directory cannot be written (read-only, full disk): names the file."""

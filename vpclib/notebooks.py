@@ -108,7 +108,7 @@ def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_d
         try:
             papermill.execute_notebook(str(source / f"{name}.ipynb"), str(executed),
                                        parameters={**parameters, **per_notebook[name]},
-                                       cwd=str(source), progress_bar=False, log_output=False,
+                                       cwd=str(source), progress_bar=_progress_on(), log_output=False,
                                        extra_arguments=["--log-level=ERROR"])   # the kernel's own log: errors only
         except PapermillExecutionError as err:
             first_line = next((line for line in err.source.splitlines() if line.strip()), "")
@@ -155,6 +155,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = load_params(args.params)
     out = Path(f"runs/{cfg.data.name}")
+    os.environ["VPC_PROGRESS"] = "0"                   # the kernels inherit it: no bars in the committed outputs
+    global _PROGRESS_OFF
+    _PROGRESS_OFF = True
     try:
         run_notebooks(args.params, work_dir=args.work_dir, out_dir=out)
     except VPCError as err:
@@ -168,12 +171,23 @@ def main(argv=None) -> int:
 # ---------------------------------------------------------------------------------------------
 # notebook setup, figures, tables
 
-def setup(figures_dir, progress: bool = False):
-    """Progress bars on or off (VPC_PROGRESS), short warnings (no file paths), and the figure saver.
+# VPC_PROGRESS=0 in the environment the kernel starts with (tests, nbval, `refresh`) turns the
+# progress bars off whatever the notebook's PROGRESS says: nbval compares the outputs' text, and a
+# bar appears only when a stage is not cached, so bars never go into the committed outputs.
+_PROGRESS_OFF = os.environ.get("VPC_PROGRESS") == "0"
+
+
+def _progress_on() -> bool:
+    return not _PROGRESS_OFF
+
+
+def setup(figures_dir, progress: bool = True):
+    """Progress bars on or off (VPC_PROGRESS; off anyway when the kernel started with VPC_PROGRESS=0),
+    short warnings (no file paths), and the figure saver.
 
     Returns show(fig, name): save the figure as figures_dir/name.png and display it.
     """
-    os.environ["VPC_PROGRESS"] = "1" if progress else "0"
+    os.environ["VPC_PROGRESS"] = "1" if progress and not _PROGRESS_OFF else "0"
     warnings.formatwarning = lambda message, category, *args, **kw: f"{category.__name__}: {message}\n"
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)

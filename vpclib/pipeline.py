@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,23 +19,46 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets, fusion, metrics
-from .config import Config, stage_params
+from . import datasets, fusion, keys, metrics
+from .config import Config, stage_params  # noqa: F401  (stage_params: the parameter part of each key)
 from .encoder import build_encoder, preprocess, resolve_device
-from .errors import NoObjectsError
+from .errors import CacheMismatchError, NoObjectsError
 from .features import (global_descriptors, highlevel_vectors, local_maps, spatial_vectors,
                        temporal_vectors)
 from .memory import STREAMS, Bank, build_bank, load_memory, save_memory
 from .objects import BoxesFileDetector, build_detector, crop_and_resize, detect_clip_objects
 from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores, nearest
-from .store import WorkDir, atomic_path, read_json, write_json
+from .store import WorkDir, atomic_path, check_free_space, read_json, write_json
 
 SPLITS = ("train", "test")
 
 
-def progress(iterable, **kw):
+def progress(iterable=None, **kw):
     """tqdm progress bar, silenced with VPC_PROGRESS=0 (notebooks under nbval)."""
     return tqdm(iterable, disable=os.environ.get("VPC_PROGRESS", "1") == "0", **kw)
+
+
+def note(text: str) -> None:
+    """One line to stderr that the user must see (a resumed stage), progress bars on or off."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class _CountedVideo:
+    """A Video whose frames decoded for the clips' middle frames advance a progress bar (the
+    detector's other reads, e.g. the motion detector's background frames, do not)."""
+
+    def __init__(self, video, middles, bar):
+        self._video, self._middles, self._bar = video, sorted(set(middles)), bar
+
+    def __getattr__(self, name):
+        return getattr(self._video, name)
+
+    def iter_frames(self, indices=None):
+        counted = indices is not None and sorted({int(i) for i in indices}) == self._middles
+        for i, frame in self._video.iter_frames(indices):
+            yield i, frame
+            if counted:
+                self._bar.update(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,28 +93,42 @@ def video_clip_starts(cfg: Config, video) -> np.ndarray:
 def detect_objects(cfg: Config, work: WorkDir, split: str, videos=None, detector=None) -> dict[str, list[np.ndarray]]:
     """Boxes of every clip of every video of a split: {video: [(K_b, 4) int boxes] * B}.
 
-    Cached in objects/<split>.json; an interrupted run resumes video by video.
+    Cached in objects/<split>.json (key: keys.objects_key); an interrupted run resumes video by video.
     """
-    name, params = f"objects/{split}.json", stage_params(cfg, "objects")
-    if work.ready(name, params):
-        return _boxes_from_json(read_json(work.path(name))["videos"])
+    from .objects import middle_frame_offset
     videos = videos if videos is not None else load_videos(cfg, work, split)
+    name, key = f"objects/{split}.json", keys.objects_key(cfg, split, videos)
+    if work.ready(name, key):
+        return _boxes_from_json(read_json(work.path(name))["videos"])
     partial = name + ".partial"
-    done = read_json(work.path(partial))["videos"] if work.check_partial(name, params) else {}
-    work.commit(partial, params)
-    detector = detector or build_detector(cfg, resolve_device(cfg.device))
+    done = read_json(work.path(partial))["videos"] if work.check_partial(name, key) else {}
+    if done:
+        note(f"{name}: resuming at video {len(done) + 1} of {len(videos)} ({len(done)} kept from the interrupted run)")
+    work.commit(partial, key)
+    if detector is None:
+        from .checks import warm_up_detector
+        detector = build_detector(cfg, resolve_device(cfg.device))
+        warm_up_detector(detector, cfg)                                      # a bad weight file fails here
     if isinstance(detector, BoxesFileDetector):                              # the file's rows of this split
         other = load_videos(cfg, work, "test" if split == "train" else "train")
         detector.begin_split(split, videos, other)
-    confidence = cfg.objects.train_confidence if split == "train" else cfg.objects.test_confidence
     final = cfg.objects.detector == "boxes" and cfg.objects.boxes_final
-    for video in progress(videos, desc=f"objects {split}", unit="video"):
-        if video.name in done:
-            continue
-        boxes = detect_clip_objects(video, video_clip_starts(cfg, video), cfg.method.clip_length, detector,
-                                    confidence, set(cfg.objects.classes), cfg.objects.box_growth, final)
-        done[video.name] = [b.tolist() for b in boxes]
-        write_json(work.path(partial), {"videos": done})
+    confidence = cfg.objects.train_confidence if split == "train" else cfg.objects.test_confidence
+    offset = middle_frame_offset(cfg.method.clip_length)
+    starts = {v.name: video_clip_starts(cfg, v) for v in videos}
+    with progress(total=sum(len(starts[v.name]) for v in videos), desc=f"objects {split}", unit="clip") as bar:
+        for video in videos:
+            if video.name in done:
+                bar.update(len(starts[video.name]))
+                continue
+            bar.set_postfix_str(f"video {video.name}")
+            n_before = bar.n
+            counted = _CountedVideo(video, [int(s) + offset for s in starts[video.name]], bar)
+            boxes = detect_clip_objects(counted, starts[video.name], cfg.method.clip_length, detector,
+                                        confidence, set(cfg.objects.classes), cfg.objects.box_growth, final)
+            bar.update(len(starts[video.name]) - (bar.n - n_before))          # detectors that read no frames
+            done[video.name] = [b.tolist() for b in boxes]
+            write_json(work.path(partial), {"videos": done})
     n_objects = sum(len(b) for clips in done.values() for b in clips)
     if n_objects == 0:
         raise NoObjectsError(
@@ -101,7 +139,7 @@ def detect_objects(cfg: Config, work: WorkDir, split: str, videos=None, detector
         if not any(clips):
             warnings.warn(f"no object detected in {split} video '{video_name}': its local scores are 0")
     os.replace(work.path(partial), work.path(name))
-    work.commit(name, params)
+    work.commit(name, key)
     work.manifest(work.path(partial)).unlink(missing_ok=True)
     return _boxes_from_json(done)
 
@@ -195,13 +233,14 @@ def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: C
 
 
 def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, cfg: Config,
-                   clips_per_chunk: int | None = None) -> dict[str, np.ndarray]:
+                   clips_per_chunk: int | None = None, on_clips=None) -> dict[str, np.ndarray]:
     """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time.
 
     Decoding runs in background threads (a pool over frame files; one thread over a video file),
     up to two chunks ahead of the encoder. On CUDA a chunk is decoded straight into pinned memory
     and copied without blocking, and the vectors stay on the device until the video ends: one
-    host sync per video, so decoding, copies and the encoder overlap.
+    host sync per video, so decoding, copies and the encoder overlap. `on_clips(n)` is called
+    after each chunk of n clips (progress).
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -225,7 +264,7 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
                 arr[j] = frame
         else:
             def read(j):
-                arr[j] = datasets.read_image(paths[needed[lo * t + j]])
+                arr[j] = video.decode(needed[lo * t + j])                     # checked: complete, same size
             list(readers.map(read, range(n * t)))
         return buf
 
@@ -240,6 +279,8 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
             feats = clip_features(frames.to(crop_device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
             feats["object_clip"] = feats["object_clip"] + lo
             parts.append(feats)
+            if on_clips is not None:
+                on_clips(n)
             if cuda:                                                          # at most 2 chunks queued on the device
                 in_flight.append(torch.cuda.Event())
                 in_flight[-1].record(torch.cuda.current_stream(device))
@@ -251,28 +292,38 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
 
 
 def extract_features(cfg: Config, work: WorkDir, split: str, videos=None, encoder=None) -> Path:
-    """Write features/<split>.h5: one group per video with its vectors; resumes video by video."""
-    name, params = f"features/{split}.h5", stage_params(cfg, "features")
-    if work.ready(name, params):
-        return work.path(name)
+    """Write features/<split>.h5: one group per video with its vectors; resumes video by video.
+
+    Key: keys.features_key (the objects' key, the encoder, C; the test labels, kept in the file).
+    """
     videos = videos if videos is not None else load_videos(cfg, work, split)
+    name, key = f"features/{split}.h5", keys.features_key(cfg, split, videos)
+    if work.ready(name, key):
+        return work.path(name)
     boxes = detect_objects(cfg, work, split, videos)
     partial = work.path(name + ".partial")
-    resume = work.check_partial(name, params)
-    work.commit(name + ".partial", params)
-    encoder = encoder or build_encoder(cfg, resolve_device(cfg.device))
-    with h5py.File(partial, "a" if resume else "w") as h5:
-        for video in progress(videos, desc=f"features {split}", unit="video"):
-            if video.name in h5 and h5[video.name].attrs.get("complete", False):
+    resume = work.check_partial(name, key)
+    work.commit(name + ".partial", key)
+    encoder = encoder or load_encoder(cfg)
+    starts = {v.name: video_clip_starts(cfg, v) for v in videos}
+    with h5py.File(partial, "a" if resume else "w") as h5, \
+            progress(total=sum(len(s) for s in starts.values()), desc=f"features {split}", unit="clip") as bar:
+        kept = [v.name for v in videos if v.name in h5 and h5[v.name].attrs.get("complete", False)]
+        if kept:
+            note(f"{name}: resuming at video {len(kept) + 1} of {len(videos)} ({len(kept)} kept from the interrupted run)")
+        for video in videos:
+            if video.name in kept:
+                bar.update(len(starts[video.name]))
                 continue
             if video.name in h5:
                 del h5[video.name]
-            starts = video_clip_starts(cfg, video)
-            feats = video_features(video, starts, boxes[video.name], encoder, cfg)
+            bar.set_postfix_str(f"video {video.name}")
+            feats = video_features(video, starts[video.name], boxes[video.name], encoder, cfg, on_clips=bar.update)
+            check_free_space(work.root, sum(v.nbytes for v in feats.values()) + video.n_frames, work.path(name))
             group = h5.create_group(video.name)
-            for key, value in feats.items():
-                group.create_dataset(key, data=value)
-            group.create_dataset("clip_start", data=starts)
+            for k, value in feats.items():
+                group.create_dataset(k, data=value)
+            group.create_dataset("clip_start", data=starts[video.name])
             if video.labels is not None:
                 group.create_dataset("labels", data=np.asarray(video.labels, dtype=np.uint8))
             group.attrs["n_frames"] = video.n_frames
@@ -280,9 +331,23 @@ def extract_features(cfg: Config, work: WorkDir, split: str, videos=None, encode
             h5.flush()
         h5.attrs["videos"] = [v.name for v in videos]
     os.replace(partial, work.path(name))
-    work.commit(name, params)
+    work.commit(name, key)
     work.manifest(partial).unlink(missing_ok=True)
     return work.path(name)
+
+
+def load_encoder(cfg: Config):
+    """build_encoder on cfg.device, its parameters checked first (timm stages, channel groups)."""
+    from .checks import check_channel_groups, check_encoder_params
+    from .config import is_checkpoint_path
+    check_encoder_params(cfg)
+    e = cfg.encoder
+    weights = Path(e.pretrained).name if is_checkpoint_path(e.pretrained) else e.pretrained
+    with progress(total=1, desc=f"encoder {e.backbone} ({weights})", unit="model") as bar:
+        encoder = build_encoder(cfg, resolve_device(cfg.device))
+        bar.update(1)
+    check_channel_groups(cfg, encoder.channels)
+    return encoder
 
 
 def read_features(path) -> dict[str, dict[str, np.ndarray]]:
@@ -304,12 +369,14 @@ def memory_vectors(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def build_memories(cfg: Config, work: WorkDir) -> dict[str, Bank]:
-    """memory.npz: the spatial, temporal and high-level banks from the training features."""
-    name, params = "memory.npz", stage_params(cfg, "memory")
-    if work.ready(name, params):
+def build_memories(cfg: Config, work: WorkDir, train_videos=None) -> dict[str, Bank]:
+    """memory.npz: the spatial, temporal and high-level banks from the training features (of
+    `train_videos`, by default the whole training split)."""
+    train_videos = train_videos if train_videos is not None else load_videos(cfg, work, "train")
+    name, key = "memory.npz", keys.memory_key(cfg, train_videos)
+    if work.ready(name, key):
         return load_memory(work.path(name))
-    train = read_features(extract_features(cfg, work, "train"))
+    train = read_features(extract_features(cfg, work, "train", videos=train_videos))
     per_stream = {s: [memory_vectors(f)[s] for f in train.values()] for s in STREAMS}
     device = resolve_device(cfg.device)
     m = cfg.method
@@ -317,7 +384,7 @@ def build_memories(cfg: Config, work: WorkDir) -> dict[str, Bank]:
              for s in progress(STREAMS, desc="memory", unit="bank")}
     with atomic_path(work.path(name)) as tmp:
         save_memory(tmp, banks)
-    work.commit(name, params)
+    work.commit(name, key)
     return banks
 
 
@@ -385,28 +452,42 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, banks: dict[str, Bank])
 # ---------------------------------------------------------------------------------------------
 # 5. metrics
 
-def evaluate(cfg: Config, work: WorkDir) -> dict:
-    """Score the test set, fuse both ways, write scores.csv and metrics.json; return the metrics."""
-    banks = build_memories(cfg, work)
-    test = read_features(extract_features(cfg, work, "test"))
+def evaluate(cfg: Config, work: WorkDir, videos: dict | None = None) -> dict:
+    """Score the test set, fuse both ways, write scores.csv and metrics.json; return the metrics.
+
+    videos: {"train": [...], "test": [...]} (default: both whole splits). Key: keys.metrics_key
+    (memory, test features and labels, power, fusion); a matching metrics.json is returned as is.
+    """
+    videos = videos or {}
+    videos = {s: videos[s] if s in videos else load_videos(cfg, work, s) for s in SPLITS}
+    key = keys.metrics_key(cfg, videos["train"], videos["test"])
+    if work.ready("metrics.json", key) and work.ready("scores.csv", key):
+        return read_json(work.path("metrics.json"))
+    banks = build_memories(cfg, work, videos["train"])
+    test = read_features(extract_features(cfg, work, "test", videos=videos["test"]))
     train = read_features(work.path("features/train.h5"))
-    table = frame_table(cfg, test, {s: b.vectors for s, b in banks.items()})
-    labels, vid = table["label"], table["video"]
-    sp, tp, hl = table["spatial"], table["temporal"], table["highlevel"]
-    f = cfg.fusion
-
-    oracle = fusion.oracle_search(sp, tp, hl, labels, vid, f.a_grid, f.b_grid, f.sigma_grid)
-    final_oracle = fusion.reference_all_streams(sp, tp, hl, vid, oracle.a, oracle.b, oracle.sigma)
-
-    loo = leave_one_out_scores(cfg, train, banks) if f.labelfree == "calibrated" else None
-    if loo is not None:
-        stats = fusion.calibration_stats(loo)
-        final_free = fusion.labelfree_calibrated(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
-        mode = "calibrated"
-    else:
-        stats = None
-        final_free = fusion.reference_all_streams(sp, tp, hl, vid, f.a, f.b, f.sigma)
-        mode = "fixed"
+    with progress(total=3, desc="scores and fusion", unit="step") as bar:
+        bar.set_postfix_str("scoring the test videos")
+        table = frame_table(cfg, test, {s: b.vectors for s, b in banks.items()})
+        bar.update(1)
+        bar.set_postfix_str("oracle grid search")
+        labels, vid = table["label"], table["video"]
+        sp, tp, hl = table["spatial"], table["temporal"], table["highlevel"]
+        f = cfg.fusion
+        oracle = fusion.oracle_search(sp, tp, hl, labels, vid, f.a_grid, f.b_grid, f.sigma_grid)
+        final_oracle = fusion.reference_all_streams(sp, tp, hl, vid, oracle.a, oracle.b, oracle.sigma)
+        bar.update(1)
+        bar.set_postfix_str("label-free calibration (training videos, leave one out)")
+        loo = leave_one_out_scores(cfg, train, banks) if f.labelfree == "calibrated" else None
+        if loo is not None:
+            stats = fusion.calibration_stats(loo)
+            final_free = fusion.labelfree_calibrated(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
+            mode = "calibrated"
+        else:
+            stats = None
+            final_free = fusion.reference_all_streams(sp, tp, hl, vid, f.a, f.b, f.sigma)
+            mode = "fixed"
+        bar.update(1)
 
     names = list(test)
     per_oracle = metrics.per_video_auc(labels, final_oracle, vid)
@@ -432,7 +513,9 @@ def evaluate(cfg: Config, work: WorkDir) -> dict:
     }
     write_scores_csv(work.path("scores.csv"), names, table, final_oracle, final_free)
     write_json(work.path("metrics.json"), result)
-    return result
+    work.commit("scores.csv", key)
+    work.commit("metrics.json", key)
+    return read_json(work.path("metrics.json"))                             # the same value as a later cached call
 
 
 def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
@@ -446,16 +529,48 @@ def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
                       f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
 
 
+def plan(cfg: Config, work: WorkDir, videos: dict) -> dict[str, str]:
+    """{artifact: 'reuse' | 'resume' | 'make'} of a whole run; raises CacheMismatchError naming every
+    artifact made from other inputs or parameters, before anything is written."""
+    k = {f"objects/{s}.json": keys.objects_key(cfg, s, videos[s]) for s in SPLITS}
+    k |= {f"features/{s}.h5": keys.features_key(cfg, s, videos[s]) for s in SPLITS}
+    k["memory.npz"] = keys.memory_key(cfg, videos["train"])
+    k["metrics.json"] = k["scores.csv"] = keys.metrics_key(cfg, videos["train"], videos["test"])
+    decisions, errors = {}, []
+    for name, key in k.items():
+        try:
+            decisions[name] = work.decide(name, key)
+        except CacheMismatchError as err:
+            errors.append(str(err))
+    if errors:
+        raise CacheMismatchError(" | ".join(errors))
+    return decisions
+
+
 def run(cfg: Config, work_dir, overwrite: bool = False) -> dict:
-    """Every stage, in order, reusing what is cached. Returns the metrics."""
+    """Every stage, in order, reusing what is cached. Returns the metrics.
+
+    Everything that can be checked is checked before a model loads or anything is written: both
+    splits and the test labels, every cache decision (a refused run writes nothing), the work
+    directory, the encoder's parameters; the encoder is loaded (a bad checkpoint fails here) before
+    objects are detected. config.json is written last: it is the config of the finished run that
+    `vpc score` scores new video with (memory.npz, metrics.json).
+    """
+    resolve_device(cfg.device)                                               # cuda without a GPU: fail now
     work = WorkDir(work_dir, overwrite=overwrite)
-    write_json(work.path("config.json"), cfg.to_dict())
+    videos = {s: load_videos(cfg, work, s) for s in SPLITS}
+    decisions = plan(cfg, work, videos)
+    work.check_writable()
+    encoder = None
+    if any(decisions[f"features/{s}.h5"] != "reuse" for s in SPLITS):
+        encoder = load_encoder(cfg)
     for split in SPLITS:
-        detect_objects(cfg, work, split)
-    encoder = build_encoder(cfg, resolve_device(cfg.device))
+        detect_objects(cfg, work, split, videos[split])
     for split in SPLITS:
-        extract_features(cfg, work, split, encoder=encoder)
-    return evaluate(cfg, work)
+        extract_features(cfg, work, split, videos[split], encoder=encoder)
+    result = evaluate(cfg, work, videos)
+    write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

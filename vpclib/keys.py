@@ -1,0 +1,80 @@
+"""Cache keys: one function per stage, each the parameters that change the stage's result
+(`config.stage_params`) plus a fingerprint of every input file it reads.
+
+    objects_key(cfg, split, videos)      frames of the split, the detector's weights or boxes file
+    features_key(cfg, split, videos)     + the encoder checkpoint; test: + the labels (kept in the h5)
+    memory_key(cfg, train)               the training features' key + the coreset
+    metrics_key(cfg, train, test)        memory + test features + power and fusion
+
+Frames are fingerprinted by their names relative to the video's folder (`01/000.jpg`), sizes and
+mtimes, with a content hash for copied data (`store.FileSet`); single files by a content hash
+(`store.file_digest`); labels by a hash of the per-frame masks they give. A path's spelling never
+enters a key. `WorkDir.decide` compares keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, is_checkpoint_path, stage_params
+from .store import FileSet, file_digest
+
+
+def frames_fingerprint(videos) -> FileSet:
+    """FileSet of every frame file (or video file) of a list of `datasets.Video`s."""
+    files = []
+    for video in videos:
+        paths = video.frame_paths if video.frame_paths is not None else [video.source]
+        base = Path(video.source).parent
+        files += [(Path(p).relative_to(base).as_posix(), p) for p in paths]
+    return FileSet(files)
+
+
+def labels_fingerprint(videos) -> str:
+    """'<V> videos, <F> frames, <A> anomalous, sha256:<16 hex>' of the per-frame labels of test videos."""
+    h = hashlib.sha256()
+    n_frames = n_anomalous = 0
+    for video in videos:
+        labels = np.asarray(video.labels if video.labels is not None else [], dtype=np.uint8)
+        h.update(video.name.encode() + b"\0" + labels.tobytes() + b"\0")
+        n_frames, n_anomalous = n_frames + len(labels), n_anomalous + int(labels.sum())
+    return f"{len(videos)} videos, {n_frames} frames, {n_anomalous} anomalous, sha256:{h.hexdigest()[:16]}"
+
+
+def _file_or_name(value: str) -> str:
+    path = Path(value).expanduser()
+    return file_digest(path) if path.is_file() else value
+
+
+def objects_key(cfg: Config, split: str, videos) -> dict:
+    """Key of objects/<split>.json."""
+    key = stage_params(cfg, "objects", split)
+    key[f"frames.{split}"] = frames_fingerprint(videos)
+    if cfg.objects.detector == "ultralytics":
+        key["objects.weights"] = _file_or_name(cfg.objects.weights)    # a download name stays a name
+    elif cfg.objects.detector == "boxes":
+        key["objects.boxes_file"] = _file_or_name(cfg.objects.boxes_file)
+    return key
+
+
+def features_key(cfg: Config, split: str, videos) -> dict:
+    """Key of features/<split>.h5 (which also holds the test labels)."""
+    key = {**objects_key(cfg, split, videos), **stage_params(cfg, "features", split)}
+    if is_checkpoint_path(cfg.encoder.pretrained):
+        key["encoder.pretrained"] = _file_or_name(cfg.encoder.pretrained)
+    if split == "test":
+        key["labels"] = labels_fingerprint(videos)
+    return key
+
+
+def memory_key(cfg: Config, train_videos) -> dict:
+    """Key of memory.npz."""
+    return {**features_key(cfg, "train", train_videos), **stage_params(cfg, "memory")}
+
+
+def metrics_key(cfg: Config, train_videos, test_videos) -> dict:
+    """Key of metrics.json and scores.csv."""
+    return {**memory_key(cfg, train_videos), **features_key(cfg, "test", test_videos), **stage_params(cfg, "metrics")}

@@ -1,0 +1,207 @@
+"""Scoring new video: a video file or frame folder the memories never saw, scored with the
+memories and parameters of a finished work directory (`vpc score WORK VIDEO...`). No labels.
+
+    run = finished_run(work_dir)                  # config.json, memory.npz, metrics.json's calibration
+    result = score_video(run, open_video(path))   # per-frame spatial, temporal, high-level, final
+    write_scores(out / "scores.csv", result)
+
+The frames of a test video score exactly as in `vpc run`'s scores.csv: the same detector, features
+and kNN, and the label-free final with the run's calibration statistics (in 'calibrated' mode
+fusion smooths each video on its own, so one video is enough). In 'fixed' mode the run's
+label-free final is z-scored over the whole test set; a single video is z-scored on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, fusion, pipeline
+from .config import Config, from_dict
+from .errors import ConfigError, DatasetError
+from .memory import STREAMS, Bank, load_memory
+from .store import WorkDir, atomic_path, read_json
+
+
+@dataclass
+class FinishedRun:
+    """What scoring needs from a finished work directory."""
+    cfg: Config
+    banks: dict[str, Bank]
+    labelfree: dict                     # metrics.json's "labelfree": mode, a, b, sigma, stats
+    work: WorkDir
+
+
+def finished_run(work_dir, device: str | None = None) -> FinishedRun:
+    """Read config.json, memory.npz and metrics.json of a work directory made by `vpc run`."""
+    work = WorkDir(work_dir)
+    needed = [work.path(n) for n in ("config.json", "memory.npz", "metrics.json")]
+    missing = [str(p) for p in needed if not p.is_file() or (p.name != "config.json" and not work.manifest(p).is_file())]
+    if missing:
+        raise DatasetError(f"{work.root} is not a finished run: {', '.join(missing)} missing; "
+                           f"run `vpc run PARAMS.yaml --work-dir {work.root}` first")
+    raw = read_json(needed[0])
+    if device:
+        raw["device"] = device
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{needed[0]}: {err}") from None
+    return FinishedRun(cfg, load_memory(needed[1]), read_json(needed[2])["labelfree"], work)
+
+
+def open_video(path, clip_length: int = 1) -> datasets.Video:
+    """A Video from a frame folder (natural-sorted frame files) or a video file, without labels."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        frames = datasets.list_frames(path)
+        if not frames:
+            raise DatasetError(f"{path} holds no frames (looked for {', '.join(datasets.FRAME_EXTENSIONS)})")
+        video = datasets.Video(path.name, path, frames, len(frames))
+    elif path.is_file() and path.suffix.lower() in datasets.VIDEO_EXTENSIONS:
+        video = datasets.Video(path.stem, path, None, datasets.count_video_frames(path))
+    elif path.is_file():
+        raise DatasetError(f"{path} is not a video file ({', '.join(datasets.VIDEO_EXTENSIONS)}) or a frame folder")
+    else:
+        raise DatasetError(f"video {path} does not exist")
+    if video.n_frames < clip_length:
+        raise DatasetError(f"video {path} has {video.n_frames} frames: shorter than the clip length T={clip_length}")
+    return video
+
+
+def object_scores(cfg: Config, feats: dict, banks: dict[str, Bank], stats) -> np.ndarray:
+    """(K,) each object's local score a*zS + (1-a)*zT: its worst patch (spatial) and worst frame
+    difference (temporal) against the memories, z from normal training videos (stats) when given."""
+    k, n, a = len(feats["spatial"]), cfg.method.power, cfg.fusion.a
+    z = np.zeros(k)
+    if k == 0:
+        return z
+    for stream, key, weight in (("spatial", "spatial", a), ("temporal", "temporal_max", 1 - a)):
+        c = feats[key].shape[-1]
+        d, _ = pipeline.nearest_memory(feats[key].reshape(-1, c), banks[stream].vectors)
+        s = d.reshape(k, -1).max(1) ** n                                      # (K,)
+        mean, std = stats[stream] if stats else (0.0, 1.0)
+        z += weight * (s - mean) / (std + fusion.EPS)
+    return z
+
+
+def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
+    """Per-frame scores of one video: {"video", "frame" (F,), "spatial", "temporal", "highlevel",
+    "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
+
+    F = B*T scored frames (trailing frames that fill no clip get no score, as in `vpc run`).
+    """
+    from .objects import build_detector, detect_clip_objects
+    cfg = run.cfg
+    t, o = cfg.method.clip_length, cfg.objects
+    device = pipeline.resolve_device(cfg.device)
+    starts = pipeline.video_clip_starts(cfg, video)                           # (B,)
+    if len(starts) == 0:
+        raise DatasetError(f"video {video.source} has {video.n_frames} frames: no clip of T={t} frames")
+    detector = detector or build_detector(cfg, device)
+    boxes = detect_clip_objects(video, starts, t, detector, o.test_confidence, set(o.classes), o.box_growth)
+    encoder = encoder or pipeline.load_encoder(cfg)
+    feats = pipeline.video_features(video, starts, boxes, encoder, cfg)
+    feats["clip_start"] = starts
+    with pipeline.progress(total=1, desc=f"scores {video.name}", unit="video") as bar:
+        clip = pipeline.video_clip_scores(feats, {s: b.vectors for s, b in run.banks.items()}, cfg.method.power, device,
+                                          cfg.arithmetic)
+        bar.update(1)
+    out = {"video": video.name, "frame": starts[0] + np.arange(len(starts) * t)}
+    for s in STREAMS:
+        out[s] = pipeline.clip_to_frames(clip[s], t)                          # (F,)
+    lf, vid = run.labelfree, np.zeros(len(out["frame"]), dtype=np.int64)
+    stats = lf.get("stats")
+    if lf["mode"] == "calibrated" and stats:
+        out["final_labelfree"] = fusion.labelfree_calibrated(out["spatial"], out["temporal"], out["highlevel"], vid,
+                                                             stats, lf["a"], lf["b"], lf["sigma"])
+    else:
+        out["final_labelfree"] = fusion.reference_all_streams(out["spatial"], out["temporal"], out["highlevel"], vid,
+                                                              lf["a"], lf["b"], lf["sigma"])
+    out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
+    out["object_score"] = object_scores(cfg, feats, run.banks, stats)
+    return out
+
+
+def write_scores(path, result: dict) -> None:
+    """CSV: video, frame, spatial, temporal, highlevel, final_labelfree (scores.csv's columns, no label)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as out:
+        out.write("video,frame,spatial,temporal,highlevel,final_labelfree\n")
+        for i, frame in enumerate(result["frame"]):
+            out.write(f"{result['video']},{frame}," + ",".join(f"{result[k][i]:.8g}" for k in
+                      ("spatial", "temporal", "highlevel", "final_labelfree")) + "\n")
+
+
+def score_curve(result: dict):
+    """Figure: the three streams and the label-free final over the frames (each min-max scaled)."""
+    from .figures import score_curves
+    name = result["video"]
+    curves = {s: result[s] for s in (*STREAMS, "final_labelfree")}
+    return score_curves({name: curves}, {name: np.zeros(len(result["frame"]), np.uint8)},
+                        {name: result["frame"]}, ncols=1, normalize=True)
+
+
+def bar_value(result: dict, mode: str) -> np.ndarray:
+    """(F,) the frame's score in [0, 1] for the annotated clip: a calibrated final is in standard
+    deviations of normal video (0 -> 0, 3 or more -> 1); a fixed one is already in [0, 1]."""
+    final = np.asarray(result["final_labelfree"], dtype=np.float64)
+    return np.clip(final / 3.0, 0, 1) if mode == "calibrated" else np.clip(final, 0, 1)
+
+
+def annotated_frames(run: FinishedRun, video, result: dict, first: int = 0, n_frames: int | None = None) -> list[np.ndarray]:
+    """The scored frames [first, first + n_frames) with figures.annotate_frame: each object's box
+    coloured by its local score (green at 0, red at 3 standard deviations above normal), and a bar
+    with the frame's label-free score."""
+    from .figures import annotate_frame
+    t = run.cfg.method.clip_length
+    frames = result["frame"]
+    last = len(frames) if n_frames is None else min(len(frames), first + n_frames)
+    bar, colour = bar_value(result, run.labelfree["mode"]), np.clip(result["object_score"] / 3.0, 0, 1)
+    all_boxes = np.concatenate([b.reshape(-1, 4) for b in result["boxes"]] or [np.zeros((0, 4))])  # (K, 4)
+    out = []
+    for i, image in video.iter_frames(frames[first:last]):
+        j = int(np.searchsorted(frames, i))
+        objs = np.flatnonzero(result["object_clip"] == j // t)
+        out.append(annotate_frame(image, all_boxes[objs], colour[objs], float(bar[j]), False,
+                                  text=f"{result['video']} #{i}"))
+    return out
+
+
+def save_clip(path, frames: list[np.ndarray], fps: int = 8) -> None:
+    """Annotated frames to an animated GIF (notebooks.save_gif) or an MP4 (by the suffix)."""
+    path = Path(path)
+    if path.suffix.lower() == ".gif":
+        from .notebooks import save_gif
+        save_gif(path, frames, fps=fps)
+        return
+    import cv2
+    h, w = frames[0].shape[:2]
+    with atomic_path(path) as tmp:
+        target = tmp.with_suffix(".mp4")
+        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        target.replace(tmp)
+
+
+def score_to_folder(run: FinishedRun, source, out_dir, clip: str = "none", plot: bool = True,
+                    detector=None, encoder=None) -> dict:
+    """Score one video and write out_dir/<video>.csv, <video>.png (score curve) and, with clip
+    'gif' or 'mp4', <video>.gif / .mp4 (annotated). Returns score_video's result with the paths."""
+    video = open_video(source, run.cfg.method.clip_length)
+    result = score_video(run, video, detector, encoder)
+    out_dir = Path(out_dir)
+    result["csv"] = out_dir / f"{video.name}.csv"
+    write_scores(result["csv"], result)
+    if plot:
+        from .notebooks import figure_png
+        result["png"] = out_dir / f"{video.name}.png"
+        with atomic_path(result["png"]) as tmp:
+            tmp.write_bytes(figure_png(score_curve(result)))
+    if clip != "none":
+        result["clip"] = out_dir / f"{video.name}.{clip}"
+        save_clip(result["clip"], annotated_frames(run, video, result))
+    return result
