@@ -38,7 +38,7 @@ PARAMS = {
     "fusion": {"sigma_grid": [0, 2], "sigma": 2},
     "device": "cpu",
 }
-BOXES_HEADER = "video,frame,x1,y1,x2,y2,confidence,class"
+BOXES_HEADER = "video,frame,x1,y1,x2,y2,confidence,class,split"   # 01, 02 are training and test videos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +232,8 @@ def test_refused_run_writes_nothing(run_copy, capsys, tmp_path):
 def test_boxes_file_edited_in_place(finished, tmp_path, capsys):
     data, _, _ = finished
     boxes = tmp_path / "boxes.csv"
-    rows = [BOXES_HEADER] + [f"{v},{c * 4 + 2},10,20,40,50,0.9,0" for v in ("01", "02") for c in range(6)]
+    rows = [BOXES_HEADER] + [f"{v},{c * 4 + 2},10,20,40,50,0.9,0,{s}" for s in ("train", "test") for v in ("01", "02")
+                             for c in range(6)]
     boxes.write_text("\n".join(rows) + "\n")
     params = params_file(tmp_path / "boxes.yaml", **{"objects.detector": "boxes", "objects.boxes_file": str(boxes)})
     work = tmp_path / "work"
@@ -573,15 +574,15 @@ def test_score_needs_a_finished_run(tmp_path, capsys, finished):
 
 
 @pytest.mark.parametrize("row, line", [
-    ("01,2,40,20,10,50,0.9,0", 3),                                          # x2 < x1
-    ("01,2,10,nan,40,50,0.9,0", 3),                                         # NaN
-    ("01,26,10,20,40,50,0.9,0", 3),                                         # frame past the video's end (24)
-    ("07,2,10,20,40,50,0.9,0", 3),                                          # unknown video
+    ("01,2,40,20,10,50,0.9,0,test", 4),                                          # x2 < x1
+    ("01,2,10,nan,40,50,0.9,0,test", 4),                                         # NaN
+    ("01,26,10,20,40,50,0.9,0,test", 4),                                         # frame past the video's end (24)
+    ("07,2,10,20,40,50,0.9,0,test", 4),                                          # unknown video
 ])
 def test_bad_boxes_row_is_named(finished, tmp_path, capsys, row, line):
     data, _, _ = finished
     boxes = tmp_path / "boxes.csv"
-    boxes.write_text("\n".join([BOXES_HEADER, "01,6,10,20,40,50,0.9,0", row]) + "\n")
+    boxes.write_text("\n".join([BOXES_HEADER, "01,6,10,20,40,50,0.9,0,train", "01,6,10,20,40,50,0.9,0,test", row]) + "\n")
     params = params_file(tmp_path / "p.yaml", **{"objects.detector": "boxes", "objects.boxes_file": str(boxes)})
     assert vpc(["objects", str(params), "--data-root", str(data), "--work-dir", str(tmp_path / "w")]) == 2
     message = one_line_error(capsys)
@@ -593,7 +594,8 @@ def test_one_based_boxes_frames_are_named(finished, tmp_path, capsys):
     """Every row one frame late (1-based numbering): no row on a middle frame, and one past the end."""
     data, _, _ = finished
     boxes = tmp_path / "boxes.csv"
-    rows = [BOXES_HEADER] + [f"{v},{f + 1},10,20,40,50,0.9,0" for v in ("01", "02") for f in range(24)]
+    rows = [BOXES_HEADER] + [f"{v},{f + 1},10,20,40,50,0.9,0,{s}" for s in ("train", "test") for v in ("01", "02")
+                             for f in range(24)]
     boxes.write_text("\n".join(rows) + "\n")
     params = params_file(tmp_path / "p.yaml", **{"objects.detector": "boxes", "objects.boxes_file": str(boxes)})
     assert vpc(["objects", str(params), "--data-root", str(data), "--work-dir", str(tmp_path / "w")]) == 2

@@ -229,7 +229,8 @@ def test_no_object_in_one_video_warns_and_scores_zero(tmp_path):
     cfg = tiny(**{"objects.detector": "boxes", "objects.boxes_file": str(tmp_path / "boxes.csv"),
                   "objects.test_confidence": 0.0})
     # one box on the middle frame (index 2 of 4) of each clip of test video 01; none for 02
-    rows = ["video,frame,x1,y1,x2,y2,confidence,class"] + [f"01,{clip * 4 + 2},10,20,40,50,0.9,0" for clip in range(6)]
+    rows = ["video,frame,x1,y1,x2,y2,confidence,class,split"] + [f"01,{clip * 4 + 2},10,20,40,50,0.9,0,test"
+                                                                 for clip in range(6)]
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
