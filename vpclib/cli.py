@@ -1,8 +1,12 @@
 """Command line: `vpc run PARAMS.yaml`, single stages, and the notebooks.
 
     vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device cpu|cuda] [--overwrite]
+                                  [--set KEY=VALUE ...]
     vpc objects|features|memory|metrics PARAMS.yaml ...   (one stage and what it needs)
     vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
+
+`--set objects.weights=../shared/models/yolov5n.pt --set method.power=2` overrides any params key
+(dotted, VALUE read as YAML), validated exactly like the params file; later --set wins.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--work-dir", help="where artifacts go (default: work/<dataset name>)")
         s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides 'device'")
         s.add_argument("--overwrite", action="store_true", help="recompute artifacts made with other parameters")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                       help="override a params key, VALUE read as YAML, e.g. --set method.power=2 or "
+                            "--set objects.weights=../shared/models/yolov5n.pt (repeatable)")
         if name == "notebooks":
             s.add_argument("--out", help="folder for the executed notebooks (default runs/<dataset>)")
             s.add_argument("--figures", help="folder for the figures (default figures/<dataset>)")
@@ -60,17 +67,39 @@ def _notebook_parameters(pairs) -> dict:
     return out
 
 
+def parse_sets(items) -> dict:
+    """["objects.weights=PATH", "method.power=2"] from --set -> {"objects.weights": "PATH",
+    "method.power": 2}: each VALUE read as YAML (2 -> int, 0.5 -> float, [0, 1] -> list, true ->
+    bool); an empty VALUE is the empty string. Later items win."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise VPCError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.power=2")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise VPCError(f"--set {key}: cannot read {text!r} as a YAML value ({err})") from None
+        out.pop(key, None)                      # keep the order of the last occurrence
+        out[key] = value
+    return out
+
+
 def _dispatch(args) -> int:
     from . import pipeline
     from .config import load_params
     from .store import WorkDir
 
-    cfg = load_params(args.params, **{"data.root": args.data_root, "device": args.device})
+    sets = parse_sets(args.sets)
+    cfg = load_params(args.params, sets=sets, **{"data.root": args.data_root, "device": args.device})
     work_dir = Path(args.work_dir or f"work/{cfg.data.name}")
     if args.command == "notebooks":
         from .notebooks import run_notebooks
         run_notebooks(args.params, work_dir=work_dir, data_root=args.data_root, device=args.device,
-                      out_dir=args.out, figures_dir=args.figures, extra=_notebook_parameters(args.parameter))
+                      out_dir=args.out, figures_dir=args.figures, extra=_notebook_parameters(args.parameter),
+                      sets=sets)
         return 0
     if args.command == "run":
         result = pipeline.run(cfg, work_dir, overwrite=args.overwrite)
