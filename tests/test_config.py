@@ -204,3 +204,144 @@ ALL = {"objects/train", "objects/test", "features/train", "features/test", "memo
 def test_stage_hashes_change_only_with_relevant_values(overrides, changed):
     base, other = _hashes(from_dict()), _hashes(from_dict(overrides))
     assert {stage for stage in base if base[stage] != other[stage]} == changed
+
+
+# ---------------------------------------------------------------------------------------------
+# detector keys
+
+def test_detector_keys_defaults_and_validation():
+    o = from_dict().objects
+    assert (o.hub_repo, o.detector_size, o.hub_model) == ("", 640, "yolov5l")   # online: the paper's download
+    with pytest.raises(ConfigError, match="'objects.detector_size'"):
+        from_dict({"objects": {"detector_size": 16}})
+    with pytest.raises(ConfigError, match="'objects.detector_size'"):
+        from_dict({"objects": {"detector_size": "640"}})
+    with pytest.raises(ConfigError, match="'objects.hub_repo'"):
+        from_dict({"objects": {"hub_repo": 5}})
+    # the hub files are part of the objects stage's cache identity
+    base = params_hash(stage_params(from_dict(), "objects"))
+    assert params_hash(stage_params(from_dict({"objects": {"hub_repo": "/m/yolov5"}}), "objects")) != base
+    assert params_hash(stage_params(from_dict({"objects": {"detector_size": 1280}}), "objects")) != base
+
+
+# ---------------------------------------------------------------------------------------------
+# --set KEY=VALUE on the command line (through vpclib.cli.main)
+
+TINY_PARAMS = {
+    "data": {"name": "tiny", "layout": "synthetic",
+             "synthetic": {"seed": 3, "n_train": 2, "n_test": 2, "n_frames": 24, "width": 120, "height": 80}},
+    "objects": {"detector": "motion", "train_confidence": 0.5, "test_confidence": 0.5, "crop_size": 32,
+                "motion_min_area": 20},
+    "encoder": {"backbone": "timm:tf_efficientnet_lite0", "pretrained": "random", "preprocessing": "inception",
+                "batch_size": 32},
+    "method": {"clip_length": 4, "channel_groups": 38, "coreset_ratio": 0.2, "power": 1},
+    "fusion": {"sigma_grid": [0, 2], "sigma": 2},
+    "device": "cpu",
+}
+
+
+@pytest.fixture
+def tiny_params(tmp_path):
+    import yaml
+    return _write(tmp_path / "tiny.yaml", yaml.safe_dump(TINY_PARAMS))
+
+
+def test_parse_sets_reads_yaml_values():
+    from vpclib.cli import parse_sets
+    assert parse_sets(["method.power=2", "fusion.a=0.5", "objects.classes=[0, 1]", "encoder.fp16=true",
+                       "objects.weights=../m/yolov5n.pt", "objects.hub_repo=", "data.name=a=b",
+                       "method.power=3"]) == {
+        "fusion.a": 0.5, "objects.classes": [0, 1], "encoder.fp16": True, "objects.weights": "../m/yolov5n.pt",
+        "objects.hub_repo": "", "data.name": "a=b", "method.power": 3}     # the last --set of a key wins
+
+
+def test_cli_set_reaches_the_run(tiny_params, tmp_path, capsys):
+    from vpclib.cli import main as vpc
+    work = tmp_path / "w"
+    assert vpc(["run", str(tiny_params), "--work-dir", str(work), "--set", "method.power=2",
+                "--set", "fusion.sigma=3", "--set", "data.synthetic={n_test: 3}"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((work / "metrics.json").read_text())
+    cfg = metrics["config"]
+    assert cfg["method"]["power"] == 2 and cfg["fusion"]["sigma"] == 3.0
+    assert cfg["data"]["synthetic"]["n_test"] == 3 and cfg["data"]["synthetic"]["n_train"] == 2   # merged
+    assert metrics["n_test_frames"] == 3 * 24                               # three test videos were made
+    assert cfg["method"]["clip_length"] == 4                                # the file's value stays
+
+
+@pytest.mark.parametrize("command", ["objects", "features", "memory", "metrics"])
+def test_cli_set_reaches_the_single_stages(tiny_params, tmp_path, command, monkeypatch):
+    from vpclib import pipeline
+    from vpclib.cli import main as vpc
+    seen = []
+    for stage in ("detect_objects", "extract_features", "build_memories", "evaluate"):
+        result = {} if stage == "build_memories" else {"auc_micro_oracle": 0.5, "auc_micro_labelfree": 0.5}
+        monkeypatch.setattr(pipeline, stage, lambda cfg, *a, stage=stage, result=result, **k:
+                            seen.append((stage, cfg)) or result)
+    assert vpc([command, str(tiny_params), "--work-dir", str(tmp_path / "w"), "--set", "objects.motion_min_area=33",
+                "--set", "method.clip_length=6"]) == 0
+    assert seen and all(cfg.objects.motion_min_area == 33 and cfg.method.clip_length == 6 for _, cfg in seen)
+
+
+@pytest.mark.parametrize("item, key", [
+    ("method.powr=2", "method.powr"),                       # unknown key
+    ("methods.power=2", "methods"),                         # unknown section
+    ("method.power=two", "method.power"),                   # wrong type
+    ("method.power=2.5", "method.power"),
+    ("objects.weights=null", "objects.weights"),            # null is no string
+    ("objects.weights=5", "objects.weights"),
+    ("method.clip_length=2", "method.clip_length"),         # a value the validation refuses
+    ("objects.detector=yolo", "objects.detector"),
+    ("method.power.x=1", "method.power"),                   # into a value that is not a section
+])
+def test_cli_set_is_validated_like_the_params_file(tiny_params, tmp_path, capsys, item, key):
+    from vpclib.cli import main as vpc
+    assert vpc(["run", str(tiny_params), "--work-dir", str(tmp_path / "w"), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert f"'{key}'" in err and "--set" in err and "tiny.yaml" in err
+    assert not (tmp_path / "w").exists()                                    # refused before any work
+
+
+@pytest.mark.parametrize("item, says", [("method.power", "KEY=VALUE"), ("=2", "KEY=VALUE"),
+                                        ("method.power=[1, 2", "YAML")])
+def test_cli_set_malformed(tiny_params, tmp_path, capsys, item, says):
+    from vpclib.cli import main as vpc
+    assert vpc(["objects", str(tiny_params), "--work-dir", str(tmp_path / "w"), "--set", item]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_cli_set_reaches_every_notebook(tiny_params, tmp_path, monkeypatch, capsys):
+    """vpc notebooks --set: the overrides are written with the params file into <out>/params.yaml,
+    which every notebook gets as PARAMS; a relative path that exists is made absolute (the
+    notebooks run in notebooks/)."""
+    papermill = pytest.importorskip("papermill")
+    from vpclib.cli import main as vpc
+    from vpclib.notebooks import NOTEBOOKS
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **k: calls.append(
+        (Path(src).stem, parameters)))
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("video,frame,x1,y1,x2,y2,confidence,class\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    assert vpc(["notebooks", str(tiny_params), "--work-dir", "w", "--out", str(out), "--figures", "f",
+                "--set", "method.power=2", "--set", "objects.detector=boxes", "--set", "objects.boxes_file=boxes.csv",
+                "--set", "objects.weights=not/a/file.pt", "-p", "ABLATION_VIDEOS", "0"]) == 0
+    capsys.readouterr()
+    assert [name for name, _ in calls] == list(NOTEBOOKS)
+    for name, parameters in calls:
+        assert parameters["PARAMS"] == str(out / "params.yaml")
+        cfg = load_params(parameters["PARAMS"])
+        assert cfg.method.power == 2 and cfg.objects.detector == "boxes"
+        assert cfg.objects.boxes_file == str(boxes)                         # absolute now
+        assert cfg.objects.weights == "not/a/file.pt"                       # no such path: kept as given
+        assert cfg.method.clip_length == 4 and cfg.data.name == "tiny"      # the file's own values
+    assert dict(calls)["04_visualization"]["ABLATION_VIDEOS"] == 0
+    # without --set the notebooks read the params file itself
+    calls.clear()
+    assert vpc(["notebooks", str(tiny_params), "--work-dir", "w", "--out", str(tmp_path / "r2"), "--figures", "f"]) == 0
+    assert {p["PARAMS"] for _, p in calls} == {str(tiny_params.resolve())}
+    # a bad --set stops before any notebook runs
+    calls.clear()
+    assert vpc(["notebooks", str(tiny_params), "--out", str(out), "--set", "method.powr=2"]) == 2
+    assert calls == [] and "'method.powr'" in capsys.readouterr().err

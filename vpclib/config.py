@@ -25,10 +25,11 @@ from .errors import ConfigError
 
 LAYOUTS = ("synthetic", "avenue", "shanghaitech", "iitb", "ucsd", "folder", "video")
 DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
-PREPROCESSING = ("faithful", "clip", "imagenet")
+PREPROCESSING = ("faithful", "clip", "imagenet", "inception")
 LABELFREE = ("calibrated", "fixed")
 ARITHMETIC = ("reference", "exact")
-PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi")
+PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi", "efficientnet-lite1-pypi",
+                       "efficientnet-lite2-pypi", "efficientnet-lite0-pypi-timm-legacy")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -59,8 +60,11 @@ class DataConfig:
 class ObjectsConfig:
     """Object detection on the middle frame of each clip, then box growth (METHOD.md §2)."""
     detector: str = "motion"             # one of DETECTORS
-    weights: str = "yolov8l.pt"          # ultralytics weight file (name or local path)
-    hub_model: str = "yolov5l"           # torch.hub ultralytics/yolov5 model (the paper's)
+    weights: str = "yolov8l.pt"          # ultralytics: weight file or export folder (name or local path);
+                                         # yolov5-hub with hub_repo: the local YOLOv5 .pt file
+    hub_model: str = "yolov5l"           # yolov5-hub without hub_repo: model downloaded from ultralytics/yolov5
+    hub_repo: str = ""                   # yolov5-hub: a local ultralytics/yolov5 source folder (offline)
+    detector_size: int = 640             # YOLO inference size in pixels (both YOLO detectors' default)
     boxes_file: str = ""                 # detector "boxes": a CSV of your own detections
     boxes_final: bool = False            # the CSV's boxes are final (already grown, squared, clipped)
     boxes_drop_invalid: bool = False     # leave invalid CSV rows out (counted) instead of failing
@@ -202,6 +206,7 @@ def _validate(cfg: Config) -> Config:
     need(cfg.method.power >= 1, "method.power", "must be >= 1")
     need(cfg.objects.box_growth >= 1.0, "objects.box_growth", "must be >= 1.0")
     need(cfg.objects.crop_size >= 8, "objects.crop_size", "must be >= 8")
+    need(cfg.objects.detector_size >= 32, "objects.detector_size", "must be >= 32")
     for key in ("train_confidence", "test_confidence"):
         need(0.0 <= getattr(cfg.objects, key) < 1.0, f"objects.{key}", "must be in [0, 1)")
     need(0.0 <= cfg.fusion.a <= 1.0, "fusion.a", "must be in [0, 1]")
@@ -241,8 +246,26 @@ def from_dict(overrides: dict | None = None) -> Config:
     return _validate(_merge(Config(), overrides or {}, ""))
 
 
-def load_params(path, **overrides) -> Config:
-    """Read a params YAML, apply dotted-key `overrides` (e.g. {"data.root": "/x"}), validate."""
+def _set_dotted(raw: dict, dotted: str, value, where: str) -> None:
+    """raw["a"]["b"] = value for dotted "a.b"; a mapping value is merged into a mapping already there."""
+    node = raw
+    *parents, last = dotted.split(".")
+    for i, p in enumerate(parents):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: params section '{'.'.join(parents[:i + 1])}' must be a mapping "
+                              f"to take the override '{dotted}', got {node!r}")
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        for key, item in value.items():
+            _set_dotted(node[last], key, item, where)
+    else:
+        node[last] = value
+
+
+def read_params(path, sets: dict | None = None, **overrides) -> dict:
+    """The params YAML at `path` as a nested dict, with dotted-key `overrides` (None values are
+    skipped: an option not given) and then `sets` (the CLI's --set KEY=VALUE, applied in order,
+    None included) written in. Not validated: `load_params` does that."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -253,20 +276,23 @@ def load_params(path, **overrides) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"params file {path} must hold a mapping at the top level")
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = raw
-        *parents, last = dotted.split(".")
-        for i, p in enumerate(parents):
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{path}: params section '{'.'.join(parents[:i + 1])}' must be a mapping "
-                                  f"to take the override '{dotted}', got {node!r}")
-        node[last] = value
+        if value is not None:
+            _set_dotted(raw, dotted, value, str(path))
+    for dotted, value in (sets or {}).items():
+        _set_dotted(raw, dotted, value, f"{path} with --set {dotted}")
+    return raw
+
+
+def load_params(path, sets: dict | None = None, **overrides) -> Config:
+    """Read a params YAML, apply dotted-key `overrides` (e.g. {"data.root": "/x"}; None: not
+    given) and `sets` (e.g. {"method.power": 2}, from --set), validate: every override is checked
+    exactly like a key of the file."""
+    raw = read_params(path, sets, **overrides)
     try:
         return from_dict(raw)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        given = f" with --set {', '.join(sets)}" if sets else ""
+        raise ConfigError(f"{path}{given}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +335,11 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         out.update({f"objects.{k}": getattr(o, k) for k in ("motion_threshold", "motion_min_area",
                                                              "motion_background_frames")})
     elif o.detector == "yolov5-hub":
-        out["objects.hub_model"] = o.hub_model
+        out["objects.detector_size"] = o.detector_size
+        if not o.hub_repo:                                   # a local weights file enters as its content hash
+            out["objects.hub_model"] = o.hub_model
+    elif o.detector == "ultralytics":
+        out["objects.detector_size"] = o.detector_size
     elif o.detector == "boxes":
         out.update({"objects.boxes_final": o.boxes_final, "objects.boxes_drop_invalid": o.boxes_drop_invalid})
     if stage == "objects":

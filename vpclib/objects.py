@@ -5,10 +5,16 @@ each kept box is grown, squared and clipped, and the same box is cut from all T 
 clip. Detectors share one interface, `detect(frame) -> (K, 6)` rows of x1, y1, x2, y2,
 confidence, COCO class:
 
-- `UltralyticsDetector`: any ultralytics weight file (`yolov5lu.pt` is the closest to the paper's).
-- `YOLOv5HubDetector`: the paper's exact YOLOv5-L through torch.hub (needs network).
+- `YOLOv5HubDetector`: the paper's YOLOv5 through torch.hub: downloaded (`ultralytics/yolov5`,
+  `yolov5l`, as the paper, e.g. in Colab), or offline from a local yolov5 source folder and a local
+  .pt file (`torch.hub.load(repo, "custom", path=weights, source="local")`).
+- `UltralyticsDetector`: any ultralytics weight file or export folder (e.g. an OpenVINO export).
 - `MotionDetector`: offline OpenCV background subtraction for static cameras.
 - `BoxesFileDetector`: your own detections from a CSV file (grown like a detector's, or final).
+
+YOLO .pt files are pickles: they can run code when read. vpclib never unpickles them itself; only
+their own loaders (yolov5's hubconf, ultralytics) read them, so use weight files you trust (the
+official releases). OpenVINO exports (.xml/.bin) are not pickles.
 """
 
 from __future__ import annotations
@@ -86,60 +92,111 @@ def _offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("YOLO_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-class UltralyticsDetector:
-    """Any ultralytics YOLO weight file. `yolov5lu.pt` is the closest to the paper's YOLOv5-L."""
+def yolo_device(device: str) -> str:
+    """vpclib's device name -> the one yolov5's and ultralytics' select_device want: "cpu" stays,
+    "cuda" -> "0", "cuda:N" -> "N"."""
+    device = str(device)
+    if device == "cuda":
+        return "0"
+    return device.removeprefix("cuda:")
 
-    def __init__(self, weights: str, device: str = "cpu"):
+
+class UltralyticsDetector:
+    """Any ultralytics YOLO model: a .pt weight file (`yolov5lu.pt` is the closest to the paper's)
+    or an export folder such as `yolo11n_int8_openvino_model/` (needs the `openvino` package).
+
+    `size` is the inference size (ultralytics' imgsz). A .pt file is a pickle read by ultralytics'
+    own loader: use files you trust.
+    """
+
+    def __init__(self, weights: str, device: str = "cpu", size: int = 640):
         path = Path(weights).expanduser()
-        if not path.is_file() and (_offline() or os.sep in weights):
+        if not path.exists() and (_offline() or os.sep in weights):
             raise WeightsUnavailableError(
                 f"ultralytics weights '{weights}' are not a local file and downloads are off "
                 f"(YOLO_OFFLINE/HF_HUB_OFFLINE, or no network). Download the .pt once and set "
-                f"objects.weights: /path/to/{path.name} in the params file.")
+                f"objects.weights: /path/to/{path.name} in the params file (or --set objects.weights=PATH).")
+        if path.is_dir() and path.name.endswith("_openvino_model"):
+            try:
+                import openvino  # noqa: F401  (else ultralytics would try to pip-install it)
+            except ImportError as err:
+                raise WeightsUnavailableError(f"objects.weights {path} is an OpenVINO export: "
+                                              f"`pip install openvino` (vpclib[openvino])") from err
         try:
             from ultralytics import YOLO
         except ImportError as err:
             raise WeightsUnavailableError("objects.detector 'ultralytics' needs `pip install ultralytics`") from err
         try:
-            self.model = YOLO(str(path) if path.is_file() else weights)
+            self.model = YOLO(str(path) if path.exists() else weights, task="detect")
         except Exception as err:  # ultralytics raises many kinds when a download fails
             raise WeightsUnavailableError(
                 f"could not load ultralytics weights '{weights}': {err}. Give a local file with "
                 f"objects.weights: /path/to/weights.pt") from err
-        self.device = device
+        self.device, self.size = yolo_device(device), size
 
     def begin_video(self, video) -> None:
         pass
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """frame (H, W, 3) uint8 BGR -> (K, 6) x1, y1, x2, y2, confidence, class."""
-        result = self.model.predict(frame, verbose=False, device=self.device, conf=0.01)[0]
+        result = self.model.predict(frame, verbose=False, device=self.device, conf=0.01, imgsz=self.size)[0]
         boxes = result.boxes
         return torch.cat([boxes.xyxy, boxes.conf[:, None], boxes.cls[:, None]], 1).cpu().numpy()
 
 
 class YOLOv5HubDetector:
-    """The paper's detector: YOLOv5-L (COCO) from torch.hub `ultralytics/yolov5`. Needs network."""
+    """The paper's detector: YOLOv5 (COCO) through torch.hub, with its AutoShape pre-processing
+    (letterbox to `size`) and NMS.
 
-    def __init__(self, model: str = "yolov5l", device: str = "cpu"):
-        if _offline():
-            raise WeightsUnavailableError(
-                "objects.detector 'yolov5-hub' downloads ultralytics/yolov5 through torch.hub, and "
-                "downloads are off (YOLO_OFFLINE/HF_HUB_OFFLINE). Use detector 'ultralytics' with a "
-                "local weights file (objects.weights: /path/to/yolov5lu.pt), or 'motion' offline.")
-        try:
-            self.model = torch.hub.load("ultralytics/yolov5", model, pretrained=True, device=device)
-        except Exception as err:
-            raise WeightsUnavailableError(
-                f"torch.hub could not load ultralytics/yolov5 '{model}' ({err}). Offline, use "
-                f"detector 'ultralytics' with objects.weights: /path/to/yolov5lu.pt") from err
+    - `hub_repo` "" (the paper, needs network): `torch.hub.load("ultralytics/yolov5", model)`, i.e.
+      YOLOv5-L with its release weights downloaded.
+    - `hub_repo` a local ultralytics/yolov5 source folder (offline):
+      `torch.hub.load(hub_repo, "custom", path=weights, source="local")`, e.g. hub_repo
+      ../shared/models/yolov5-src and weights ../shared/models/yolov5n.pt. The source needs the
+      `ultralytics` package (and pandas, seaborn) importable.
+
+    YOLOv5 .pt files are pickles read by yolov5's own loader: use files you trust.
+    """
+
+    def __init__(self, model: str = "yolov5l", device: str = "cpu", hub_repo: str = "", weights: str = "",
+                 size: int = 640):
+        self.size = size
+        if hub_repo:
+            repo, path = Path(hub_repo).expanduser(), Path(weights).expanduser()
+            if not (repo / "hubconf.py").is_file():
+                raise WeightsUnavailableError(f"objects.hub_repo {repo} is not a yolov5 source folder "
+                                              f"(no hubconf.py there)")
+            if not path.is_file():
+                raise WeightsUnavailableError(f"objects.weights {path}: no such file; with objects.hub_repo "
+                                              f"set it must be a local YOLOv5 .pt file (e.g. yolov5n.pt)")
+            try:
+                self.model = torch.hub.load(str(repo), "custom", path=str(path), source="local",
+                                            device=yolo_device(device), _verbose=False)
+            except Exception as err:
+                raise WeightsUnavailableError(
+                    f"torch.hub could not load objects.weights {path} from objects.hub_repo {repo} "
+                    f"({type(err).__name__}: {err})") from err
+        else:
+            if _offline():
+                raise WeightsUnavailableError(
+                    "objects.detector 'yolov5-hub' without objects.hub_repo downloads ultralytics/yolov5 "
+                    "through torch.hub, and downloads are off (YOLO_OFFLINE/HF_HUB_OFFLINE). Offline, set "
+                    "objects.hub_repo: /path/to/yolov5 (its source) and objects.weights: /path/to/yolov5l.pt "
+                    "(or --set objects.hub_repo=... --set objects.weights=...), or use detector 'motion'.")
+            try:
+                self.model = torch.hub.load("ultralytics/yolov5", model, pretrained=True, device=yolo_device(device))
+            except Exception as err:
+                raise WeightsUnavailableError(
+                    f"torch.hub could not load ultralytics/yolov5 '{model}' ({err}). Offline, set "
+                    f"objects.hub_repo: /path/to/yolov5 and objects.weights: /path/to/{model}.pt") from err
         self.model.conf = 0.01
 
     def begin_video(self, video) -> None:
         pass
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
-        return self.model(frame[..., ::-1].copy()).xyxy[0].cpu().numpy()
+        """frame (H, W, 3) uint8 BGR -> (K, 6) x1, y1, x2, y2, confidence, class (original pixels)."""
+        return self.model(frame[..., ::-1].copy(), size=self.size).xyxy[0].cpu().numpy()
 
 
 class MotionDetector:
@@ -289,9 +346,9 @@ def build_detector(cfg, device: str = "cpu"):
     if o.detector == "motion":
         return MotionDetector(o.motion_threshold, o.motion_min_area, o.motion_background_frames)
     if o.detector == "ultralytics":
-        return UltralyticsDetector(o.weights, device)
+        return UltralyticsDetector(o.weights, device, o.detector_size)
     if o.detector == "yolov5-hub":
-        return YOLOv5HubDetector(o.hub_model, device)
+        return YOLOv5HubDetector(o.hub_model, device, o.hub_repo, o.weights, o.detector_size)
     return BoxesFileDetector(o.boxes_file, drop_invalid=o.boxes_drop_invalid)
 
 
