@@ -218,10 +218,13 @@ def test_detector_keys_defaults_and_validation():
         from_dict({"objects": {"detector_size": "640"}})
     with pytest.raises(ConfigError, match="'objects.hub_repo'"):
         from_dict({"objects": {"hub_repo": 5}})
-    # the hub files are part of the objects stage's cache identity
-    base = params_hash(stage_params(from_dict(), "objects"))
-    assert params_hash(stage_params(from_dict({"objects": {"hub_repo": "/m/yolov5"}}), "objects")) != base
-    assert params_hash(stage_params(from_dict({"objects": {"detector_size": 1280}}), "objects")) != base
+    # the inference size is part of the objects stage's cache identity; with a local hub repo the
+    # weights file enters as its content (vpclib.keys), the download name no longer counts
+    hub = {"detector": "yolov5-hub"}
+    base = params_hash(stage_params(from_dict({"objects": hub}), "objects"))
+    assert params_hash(stage_params(from_dict({"objects": {**hub, "detector_size": 1280}}), "objects")) != base
+    assert stage_params(from_dict({"objects": hub}), "objects")["objects.hub_model"] == "yolov5l"
+    assert "objects.hub_model" not in stage_params(from_dict({"objects": {**hub, "hub_repo": "/m/yolov5"}}), "objects")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,3 +348,13 @@ def test_cli_set_reaches_every_notebook(tiny_params, tmp_path, monkeypatch, caps
     calls.clear()
     assert vpc(["notebooks", str(tiny_params), "--out", str(out), "--set", "method.powr=2"]) == 2
     assert calls == [] and "'method.powr'" in capsys.readouterr().err
+
+
+def test_local_yolov5_weights_enter_the_objects_key_by_content(tmp_path):
+    from vpclib.keys import objects_key
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"one")
+    cfg = from_dict({"objects": {"detector": "yolov5-hub", "hub_repo": str(tmp_path), "weights": str(weights)}})
+    first = objects_key(cfg, "test", [])["objects.weights"]
+    weights.write_bytes(b"two")
+    assert objects_key(cfg, "test", [])["objects.weights"] != first and str(tmp_path) not in first
