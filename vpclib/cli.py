@@ -159,6 +159,7 @@ def _dispatch(args) -> int:
         print(json.dumps(summary, indent=1))
         print(f"wrote {work_dir / 'metrics.json'} and {work_dir / 'scores.csv'}")
         return 0
+    pipeline.resolve_device(cfg.device)                                    # cuda without a GPU: fail now
     work = WorkDir(work_dir, overwrite=args.overwrite)
     videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}   # labels checked first
     if args.command == "objects":
