@@ -141,10 +141,7 @@ def score_test(cfg: Config, banks: dict, train_feats: dict, test_feats: dict) ->
 
 def labelfree_scores(table: dict, stats, a: float, b: float, sigma: float) -> np.ndarray:
     """The label-free final score of `pipeline.evaluate` for given weights (calibrated, or fixed)."""
-    sp, tp, hl, vid = table["spatial"], table["temporal"], table["highlevel"], table["video"]
-    if stats is not None:
-        return fusion.labelfree_calibrated(sp, tp, hl, vid, stats, a, b, sigma)
-    return fusion.reference_all_streams(sp, tp, hl, vid, a, b, sigma)
+    return fusion.labelfree(table["spatial"], table["temporal"], table["highlevel"], table["video"], stats, a, b, sigma)
 
 
 def combination_aucs(cfg: Config, table: dict, stats) -> list[dict]:

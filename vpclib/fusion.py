@@ -87,7 +87,7 @@ def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_gri
     best_local = (-1.0, None, None)
     for sigma in sigma_grid:
         for a in sorted(a_grid, reverse=True):
-            value = auc(labels, minmax(smooth(local_stream(spatial, temporal, a), sigma)))
+            value = auc(labels, reference_local_only(spatial, temporal, a, sigma))
             if value > best_local[0]:
                 best_local = (value, a, sigma)
     auc_local, a, sigma_local = best_local
@@ -121,3 +121,12 @@ def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: floa
     local = local_stream(z(spatial, "spatial"), z(temporal, "temporal"), a)
     final = b * local + (1 - b) * z(highlevel, "highlevel")
     return per_video(lambda x: smooth(x, sigma), final, video_ids)
+
+
+def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:
+    """The label-free final score: calibrated by the training statistics `stats` (from
+    `calibration_stats`), or, with stats None ('fixed' mode, or a single training video), the
+    reference formula with the fixed a, b and sigma."""
+    if stats:
+        return labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)
+    return reference_all_streams(spatial, temporal, highlevel, video_ids, a, b, sigma)

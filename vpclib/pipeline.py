@@ -479,14 +479,9 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict | None = None) -> dict:
         bar.update(1)
         bar.set_postfix_str("label-free calibration (training videos, leave one out)")
         loo = leave_one_out_scores(cfg, train, banks) if f.labelfree == "calibrated" else None
-        if loo is not None:
-            stats = fusion.calibration_stats(loo)
-            final_free = fusion.labelfree_calibrated(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
-            mode = "calibrated"
-        else:
-            stats = None
-            final_free = fusion.reference_all_streams(sp, tp, hl, vid, f.a, f.b, f.sigma)
-            mode = "fixed"
+        stats = fusion.calibration_stats(loo) if loo is not None else None
+        mode = "calibrated" if stats else "fixed"
+        final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
         bar.update(1)
 
     names = list(test)

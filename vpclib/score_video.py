@@ -113,13 +113,9 @@ def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     for s in STREAMS:
         out[s] = pipeline.clip_to_frames(clip[s], t)                          # (F,)
     lf, vid = run.labelfree, np.zeros(len(out["frame"]), dtype=np.int64)
-    stats = lf.get("stats")
-    if lf["mode"] == "calibrated" and stats:
-        out["final_labelfree"] = fusion.labelfree_calibrated(out["spatial"], out["temporal"], out["highlevel"], vid,
-                                                             stats, lf["a"], lf["b"], lf["sigma"])
-    else:
-        out["final_labelfree"] = fusion.reference_all_streams(out["spatial"], out["temporal"], out["highlevel"], vid,
-                                                              lf["a"], lf["b"], lf["sigma"])
+    stats = lf.get("stats") if lf["mode"] == "calibrated" else None
+    out["final_labelfree"] = fusion.labelfree(out["spatial"], out["temporal"], out["highlevel"], vid,
+                                              stats, lf["a"], lf["b"], lf["sigma"])
     out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
     out["object_score"] = object_scores(cfg, feats, run.banks, stats)
     return out
