@@ -196,8 +196,8 @@ def test_the_five_notebooks_run_unchanged_with_the_papers_encoder(tmp_path):
     notebooks.run_notebooks(params, work_dir=work, out_dir=runs, figures_dir=figs,
                             extra={"ABLATION_RATIOS": [0.1, 0.5], "ABLATION_C": [32], "ABLATION_T": [4],
                                    "ABLATION_VIDEOS": 1})
-    manifest = json.loads((work / "features/train.h5.params.json").read_text())["params"]
-    assert manifest["encoder"]["backbone"] == "clip_rn101"                # the features came from CLIP
+    manifest = json.loads((work / "features/train.h5.params.json").read_text())["key"]
+    assert manifest["encoder.backbone"] == "clip_rn101"                   # the features came from CLIP
 
     def printed(name):
         nb = nbformat.read(str(runs / f"{name}.ipynb"), as_version=4)
