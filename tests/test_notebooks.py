@@ -156,6 +156,100 @@ def test_extra_parameters_go_to_the_notebooks_that_declare_them(tmp_path, capsys
     assert not (tmp_path / "runs2").exists()
 
 
+def test_auc_table_header_names_the_label_free_mode_in_use():
+    result = {"auc_micro_oracle": 0.9, "auc_micro_labelfree": 0.8, "auc_macro_oracle": 0.95, "auc_macro_labelfree": 0.85,
+              "per_video": {"01": {"oracle": 1.0, "labelfree": 0.9}}}
+    for mode in ("calibrated", "fixed"):
+        header = notebooks.auc_table({**result, "labelfree": {"mode": mode}}).splitlines()[0]
+        assert header == f"| AUC | oracle (test-label search) | label-free ({mode}) |"
+
+
+def test_read_metrics_reads_back_metrics_json_of_the_same_config(tmp_path, monkeypatch):
+    import json
+    from vpclib.config import load_params
+    from vpclib.store import WorkDir, write_json
+    cfg = load_params(ROOT / "params/synthetic.yaml")
+    work = WorkDir(tmp_path)
+    evaluated = []
+    monkeypatch.setattr(notebooks.pipeline, "evaluate", lambda c, w: evaluated.append(1) or {"from": "evaluate"})
+    assert notebooks.read_metrics(cfg, work) == {"from": "evaluate"}          # nothing written yet
+    write_json(work.path("metrics.json"), {"auc_micro_oracle": 0.5, "config": cfg.to_dict()})
+    work.path("scores.csv").write_text("video,frame\n")
+    assert notebooks.read_metrics(cfg, work)["auc_micro_oracle"] == 0.5 and len(evaluated) == 1
+    other = load_params(ROOT / "params/synthetic.yaml", **{"device": "cpu"})
+    if json.loads(json.dumps(other.to_dict())) != json.loads(json.dumps(cfg.to_dict())):
+        assert notebooks.read_metrics(other, work) == {"from": "evaluate"}    # made with other params: again
+
+
+def test_check_dataset_and_load_config_say_how_to_point_at_the_data(tmp_path):
+    from vpclib.config import load_params
+    from vpclib.errors import ConfigError, DatasetError
+    from vpclib.store import WorkDir
+    with pytest.raises(ConfigError, match="data.root") as err:
+        notebooks.load_config(ROOT / "params/ped2.yaml")
+    assert 'drive.mount("/content/drive")' in str(err.value) and "DATA_ROOT" in str(err.value)
+    (tmp_path / "ped2" / "training").mkdir(parents=True)                      # no testing/, no labels
+    cfg = notebooks.load_config(ROOT / "params/ped2.yaml", str(tmp_path / "ped2"))
+    with pytest.raises(DatasetError) as err:
+        notebooks.check_dataset(cfg, WorkDir(tmp_path / "work"))
+    text = str(err.value)
+    assert "Expected layout: ucsd" in text and "root/S/frames/NN/*" in text and "drive.mount" in text
+    synthetic = load_params(ROOT / "params/synthetic.yaml", **{"data.root": str(tmp_path / "scenes")})
+    synthetic.data.synthetic.n_train, synthetic.data.synthetic.n_test, synthetic.data.synthetic.n_frames = 1, 1, 24
+    assert notebooks.check_dataset(synthetic, WorkDir(tmp_path / "w2")) == (
+        "layout ucsd in the synthetic scenes (generated in WORK_DIR): 1 training and 1 test videos, every test "
+        "video labelled, every video at least T=4 frames")
+
+
+def test_detector_sweep_of_the_motion_detector_by_hand(fake_video_cls):
+    """Two squares appear on the middle frame of every clip (T = 4: frames 2, 6, 10, 14), nowhere else,
+    so the median background is the empty floor (grey 100). Square A: 5 x 5 px, 30 grey levels
+    brighter; square B: 12 x 12 px, 90 brighter. The detector's 3 x 3 opening keeps both, its 3 x 3
+    dilation makes them 7 x 7 = 49 px and 14 x 14 = 196 px. So objects per clip: min_area 10, 20, 40
+    -> 2; 80, 160 -> 1 (B only); threshold 10, 25 -> 2; 50, 75 -> 1 (A's 30 is not above); 100 -> 0."""
+    from vpclib.config import load_params
+    cfg = load_params(ROOT / "params/synthetic.yaml")                       # T = 4, min_area 40, threshold 25
+    frames = np.full((16, 60, 80, 3), 100, np.uint8)
+    for i in (2, 6, 10, 14):
+        frames[i, 10:15, 10:15] = 130
+        frames[i, 30:42, 50:62] = 190
+    sweep = notebooks.detector_sweep(cfg, [fake_video_cls(frames)])
+    assert sweep["sweeps"] == [("motion_min_area", [10, 20, 40, 80, 160], [2.0, 2.0, 2.0, 1.0, 1.0]),
+                               ("motion_threshold", [10, 25, 50, 75, 100], [2.0, 2.0, 1.0, 1.0, 0.0])]
+    assert sweep["marks"]["motion_min_area"] == 40 and sweep["marks"]["motion_threshold"] == 25
+    assert sweep["growths"] == [1.0, 1.1, 1.2, 1.35, 1.5] and sweep["mean_box_side"][0] < sweep["mean_box_side"][-1]
+
+
+def _outputs(nb, starts: str) -> list[str]:
+    """The stdout and markdown outputs of the one code cell of `nb` whose source starts with `starts`
+    (warnings on stderr and figures left out)."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(starts)]
+    assert len(cells) == 1, starts
+    texts = [o.get("text") if o.get("output_type") == "stream" and o.get("name") == "stdout"
+             else o.get("data", {}).get("text/markdown") for o in cells[0].outputs]
+    return [t for t in texts if t]
+
+
+def test_the_committed_hand_made_examples_print_the_hand_worked_values():
+    """02_memorization's pyramid on G = [4, 1, 0, 6] and greedy coreset on eight points, as committed
+    (nbval checks that a new run prints the same), against the values worked out in test_explain."""
+    from conftest import markdown_rows
+    from test_explain import CORESET_BY_HAND, NOTEBOOK_POINTS, PYRAMID_BY_HAND
+    nb = nbformat.read(str(ROOT / "notebooks/02_memorization.ipynb"), as_version=4)
+    table, line = _outputs(nb, "G = torch.tensor([[[4.0, 1.0, 0.0, 6.0]]])")
+    assert {r[0]: r[3] for r in markdown_rows(table)} == {k: "[" + ", ".join(map(str, v)) + "]"
+                                                          for k, v in PYRAMID_BY_HAND.items()}
+    assert line == "high-level vectors: [12.0, 9.0, 12.0, 18.0] (T vectors of D = 1 dim)\n"
+    import ast
+    source = [c.source for c in nb.cells if c.source.startswith("points = torch.tensor(")][0]
+    assert ast.literal_eval(source.split("torch.tensor(", 1)[1].split(")", 1)[0]) == NOTEBOOK_POINTS
+    table = _outputs(nb, "points = torch.tensor(")[0]
+    rows = markdown_rows(table)
+    assert [int(r[1]) for r in rows] == [i for i, _, _ in CORESET_BY_HAND]
+    assert [float(r[4]) for r in rows] == [round(radius, 3) for _, _, radius in CORESET_BY_HAND]
+    assert [r[3] for r in rows[1:]] == [f"{d:.3f}" for _, d, _ in CORESET_BY_HAND[1:]]
+
+
 PAPER_ENCODER_PARAMS = """
 # the paper's encoder (CLIP RN101 through open_clip, layer2 + layer3, the reference's pixel scaling)
 # with random weights, on tiny synthetic scenes; the rest as the Avenue settings where they fit
@@ -217,9 +311,109 @@ def test_the_five_notebooks_run_unchanged_with_the_papers_encoder(tmp_path):
         assert f"{name} {auc:.3f}" in printed("03_inference").split("micro AUC:")[1].splitlines()[0]
     # every figure of the five notebooks was written
     expected = {"00_label_timeline", "00_sample_frames", "00_clip", "01_detections", "01_crops",
-                "01_objects_per_clip", "01_box_growth", "01_confidence_growth", "02_object_features",
-                "02_memories", "02_coverage_radius", "03_stream_scores", "03_fusion_grid", "04_score_curves",
+                "01_objects_per_clip", "01_box_growth", "01_detector_sweep", "02_object_features",
+                "02_memories", "02_coverage_radius", "02_spatial_steps", "02_coreset_steps", "03_stream_scores",
+                "03_fusion_one_clip", "03_oracle_search", "04_score_curves",
                 "04_nearest_patches", "04_demo_frames", "04_ablation_memories", "04_ablation_coreset_ratio",
                 "04_ablation_channel_groups", "04_ablation_clip_length"}
     assert expected <= {p.stem for p in figs.glob("*.png")}
     assert len(list(figs.glob("04_demo_*.gif"))) == 2                      # one per test video
+    _check_open_the_box_cells(runs, work)
+
+
+def _check_open_the_box_cells(runs, work):
+    """Every number the open-the-box cells of 02 and 03 printed, against the run's artifacts, computed
+    here with numpy, scipy-free smoothing loops and scikit-learn."""
+    import json
+    import re
+    import h5py
+    from conftest import markdown_rows, reflect_smooth
+    from sklearn.metrics import roc_auc_score
+
+    def h5(split):
+        with h5py.File(work / f"features/{split}.h5", "r") as f:
+            return {v: {k: f[v][k][()] for k in f[v]} for v in f}
+
+    def grid(text):
+        return np.array([[float(x) for x in r[1:]] for r in markdown_rows(text)])
+
+    def nearest(queries, bank):                                            # (Q, D), (N, D) -> (Q,)
+        q, m = np.asarray(queries, np.float64), np.asarray(bank, np.float64)
+        return np.sqrt(((q[:, None] - m[None]) ** 2).sum(-1)).min(1)
+
+    # 02: one object's spatial grid and temporal vectors are the features file's
+    nb = nbformat.read(str(runs / "02_memorization.ipynb"), as_version=4)
+    line = _outputs(nb, "encoder = build_encoder")[0]
+    obj, video, group = re.search(r"F of object (\d+) of training video (\S+): \(\d+, 4, 28, 28\) = \(C, T, 28, 28\); "
+                                  r"channel group (\d+) shown", line).groups()
+    obj, group = int(obj), int(group)
+    train = h5("train")[video]
+    assert obj == int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in train["boxes"]]))   # the largest object
+    table, line = _outputs(nb, "spatial = features.spatial_vectors")
+    def close(printed, expected, atol=1e-12):                             # 3 decimals, or 3 digits below 0.1
+        np.testing.assert_allclose(printed, expected, rtol=6e-3, atol=atol)
+
+    close(grid(table), train["spatial"][obj][:, group].reshape(7, 7), atol=1e-5)   # F made again: batch noise
+    assert line.endswith("recomputed: True\n")
+    table, line = _outputs(nb, "memory_side = ")
+    for t, row in enumerate(grid(table)):
+        expected = [train[k][obj][t, g] for g in range(4) for k in ("temporal_mean", "temporal_max")]
+        close(row, expected, atol=1e-5)
+    assert line == "the features file's, recomputed: True True\n"
+
+    # 03: s(Q, M) of the clip, brute force on the memory and the test features
+    nb = nbformat.read(str(runs / "03_inference.ipynb"), as_version=4)
+    line, spatial_table = _outputs(nb, "test = pipeline.read_features")
+    video, clip, first, n_objects, power = re.search(
+        r"test video (\S+), clip (\d+) \(frames (\d+)-\d+\): (\d+) objects; power n = (\d+)", line).groups()
+    clip, first, power = int(clip), int(first), int(power)
+    test = h5("test")[video]
+    memory = np.load(work / "memory.npz")
+    objects = np.flatnonzero(test["object_clip"] == clip)
+    assert int(n_objects) == len(objects) and test["clip_start"][clip] == first
+    clip_scores = {}
+    for stream, key in (("spatial", "spatial"), ("temporal", "temporal_max")):
+        per_object = [nearest(test[key][o], memory[f"{stream}_vectors"]).max() ** power for o in objects]
+        clip_scores[stream] = max(per_object) if per_object else 0.0
+    clip_scores["highlevel"] = nearest(test["highlevel"][clip], memory["highlevel_vectors"]).max() ** power
+    temporal_table, highlevel_table, scores_line = _outputs(nb, "notebooks.display_markdown(\"**temporal**")
+    for stream, text in (("spatial", spatial_table), ("temporal", temporal_table), ("highlevel", highlevel_table)):
+        close(float(markdown_rows(text)[-1][-1].strip("*")), clip_scores[stream])
+    with open(work / "scores.csv") as f:
+        header, *rows = [line.strip().split(",") for line in f]
+    columns = {name: np.array([r[j] for r in rows]) for j, name in enumerate(header)}
+    here = (columns["video"] == video) & (columns["frame"].astype(int) >= first) & (columns["frame"].astype(int) < first + 4)
+    for stream in ("spatial", "temporal", "highlevel"):
+        np.testing.assert_allclose(columns[stream][here].astype(float), clip_scores[stream], rtol=1e-4)
+        assert scores_line.startswith("scores.csv, the clip's frames: ")
+        listed = dict(part.split(" ", 1) for part in scores_line.split(": ", 1)[1].strip().split("; "))
+        close([float(x) for x in listed[stream].split(", ")], [clip_scores[stream]] * 4)
+    # 03: the fusion steps of those frames, written out from scores.csv and metrics.json
+    result = json.loads((work / "metrics.json").read_text())
+    table = _outputs(nb, "table = notebooks.frame_table(scores_csv)")[0]
+    printed = {r[0]: np.array([float(x) for x in r[1:]]) for r in markdown_rows(table)}
+    s, t, h = (columns[k].astype(float) for k in ("spatial", "temporal", "highlevel"))
+    vid = columns["video"]
+    free = result["labelfree"]
+    assert free["mode"] == "calibrated"
+    z = {k: (x - free["stats"][k][0]) / (free["stats"][k][1] + 1e-8) for k, x in (("spatial", s), ("temporal", t), ("highlevel", h))}
+    fused = free["b"] * (free["a"] * z["spatial"] + (1 - free["a"]) * z["temporal"]) + (1 - free["b"]) * z["highlevel"]
+    final_free = np.concatenate([reflect_smooth(fused[vid == v], free["sigma"]) for v in dict.fromkeys(vid)])
+    close(printed["zT"], z["temporal"][here])
+    close(printed[f"smoothed in the video (sigma {free['sigma']:g}): final_labelfree"], final_free[here])
+    np.testing.assert_allclose(final_free[here], columns["final_labelfree"][here].astype(float), atol=1e-5)
+    zs = lambda x: (x - x.mean()) / (x.std() + 1e-8)
+    a, b, sigma = result["a"], result["b"], result["sigma"]
+    local = reflect_smooth(zs(a * s + (1 - a) * t), sigma)
+    high = np.concatenate([reflect_smooth(zs(h[vid == v]), sigma) for v in dict.fromkeys(vid)])
+    mixed = b * local + (1 - b) * high
+    final_oracle = (mixed - mixed.min()) / (mixed.max() - mixed.min() + 1e-8)
+    close(printed["min-max over all test frames: final_oracle"], final_oracle[here])
+    np.testing.assert_allclose(final_oracle[here], columns["final_oracle"][here].astype(float), atol=1e-5)
+    # 03: the protocols' AUCs, from scores.csv with scikit-learn
+    labels = columns["label"].astype(int)
+    rows = markdown_rows(_outputs(nb, "stages = explain.oracle_stages")[0])
+    local_only = reflect_smooth(a * s + (1 - a) * t, result["sigma_local"])
+    local_only = (local_only - local_only.min()) / (local_only.max() - local_only.min() + 1e-8)
+    for row, final in zip(rows, (local_only, final_oracle, final_free)):
+        assert float(row[-1]) == pytest.approx(roc_auc_score(labels, final), abs=1e-3), row[0]

@@ -49,10 +49,17 @@ def global_descriptors(mid: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
     return maps.mean((2, 3)) + maps.amax((2, 3))                             # (B, D)
 
 
+def spatial_levels(local: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The steps of the spatial vectors, each kept: (K, C, T, 28, 28) ->
+    mean (mean over T), max (max over T), sum (mean + max), each (K, C, 28, 28); pooled (K, C, 7, 7)."""
+    mean, top = local.mean(2), local.amax(2)                                 # (K, C, 28, 28) each
+    s = mean + top                                                           # (K, C, 28, 28)
+    return {"mean": mean, "max": top, "sum": s, "pooled": F.adaptive_avg_pool2d(s, PATCH_GRID)}  # (K, C, 7, 7)
+
+
 def spatial_vectors(local: torch.Tensor) -> torch.Tensor:
     """S = mean_T F + max_T F, pooled to 7 x 7: (K, C, T, 28, 28) -> (K, 49, C)."""
-    s = local.mean(2) + local.amax(2)                                        # (K, C, 28, 28)
-    s = F.adaptive_avg_pool2d(s, PATCH_GRID)                                 # (K, C, 7, 7)
+    s = spatial_levels(local)["pooled"]                                      # (K, C, 7, 7)
     return s.flatten(2).transpose(1, 2)                                      # (K, 49, C)
 
 
@@ -68,15 +75,25 @@ def temporal_vectors(local: torch.Tensor, reduce: str) -> torch.Tensor:
     return pooled.transpose(1, 2)                                            # (K, T-1, C)
 
 
+def highlevel_levels(g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every level of the temporal pyramid over G (B, D, T), each (B, D, length):
+
+    G (T); H1 = maxpool(2, 1)(G) (T-1); H2 = maxpool(2, 1)(H1) (T-2); H2_up = adaptive_maxpool(H2, T-1);
+    U = H2_up + H1 (T-1); U_up = adaptive_maxpool(U, T); H = U_up + G (T).
+    """
+    t = g.shape[-1]
+    h1 = F.max_pool1d(g, 2, stride=1)                                        # (B, D, T-1)
+    h2 = F.max_pool1d(h1, 2, stride=1)                                       # (B, D, T-2)
+    h2_up = F.adaptive_max_pool1d(h2, t - 1)                                 # (B, D, T-1)
+    u = h2_up + h1                                                           # (B, D, T-1)
+    u_up = F.adaptive_max_pool1d(u, t)                                       # (B, D, T)
+    return {"G": g, "H1": h1, "H2": h2, "H2_up": h2_up, "U": u, "U_up": u_up, "H": u_up + g}
+
+
 def highlevel_vectors(g: torch.Tensor) -> torch.Tensor:
     """Temporal pyramid over G along T: (B, D, T) -> (B, T, D).
 
     H1 = maxpool(2, 1)(G); H2 = maxpool(2, 1)(H1); U = adaptive_maxpool(H2, T-1) + H1;
     H = adaptive_maxpool(U, T) + G.
     """
-    t = g.shape[-1]
-    h1 = F.max_pool1d(g, 2, stride=1)                                        # (B, D, T-1)
-    h2 = F.max_pool1d(h1, 2, stride=1)                                       # (B, D, T-2)
-    u = F.adaptive_max_pool1d(h2, t - 1) + h1                                # (B, D, T-1)
-    h = F.adaptive_max_pool1d(u, t) + g                                      # (B, D, T)
-    return h.transpose(1, 2)                                                 # (B, T, D)
+    return highlevel_levels(g)["H"].transpose(1, 2)                          # (B, T, D)

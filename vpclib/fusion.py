@@ -62,9 +62,22 @@ def reference_local_only(spatial, temporal, a: float, sigma: float) -> np.ndarra
 
 def reference_all_streams(spatial, temporal, highlevel, video_ids, a: float, b: float, sigma: float) -> np.ndarray:
     """minmax(b * smooth(z(L)) + (1 - b) * H), H z-scored and smoothed per video."""
-    local = smooth(zscore(local_stream(spatial, temporal, a)), sigma)
-    high = per_video(lambda h: smooth(zscore(h), sigma), highlevel, video_ids)
-    return minmax(b * local + (1 - b) * high)
+    return reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a, b, sigma)["final"]
+
+
+def reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a: float, b: float,
+                                 sigma: float) -> dict[str, np.ndarray]:
+    """`reference_all_streams` with every step kept, each (F,): local L = a*S + (1-a)*T, z_local
+    (z-scored over all test frames), smooth_local (smoothed across the concatenation), z_high (per
+    video), smooth_high (per video), fused = b*smooth_local + (1-b)*smooth_high, final = minmax(fused)."""
+    local = local_stream(spatial, temporal, a)
+    z_local = zscore(local)
+    smooth_local = smooth(z_local, sigma)
+    z_high = per_video(zscore, highlevel, video_ids)
+    smooth_high = per_video(lambda h: smooth(h, sigma), z_high, video_ids)
+    fused = b * smooth_local + (1 - b) * smooth_high
+    return {"local": local, "z_local": z_local, "smooth_local": smooth_local, "z_high": z_high,
+            "smooth_high": smooth_high, "fused": fused, "final": minmax(fused)}
 
 
 @dataclass
@@ -114,13 +127,23 @@ def calibration_stats(train_scores: dict[str, np.ndarray]) -> dict[str, tuple[fl
 
 def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:
     """b * (a * zS + (1 - a) * zT) + (1 - b) * zH, each z from training statistics, smoothed per video."""
+    return labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)["final"]
+
+
+def labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a: float, b: float,
+                                sigma: float) -> dict[str, np.ndarray]:
+    """`labelfree_calibrated` with every step kept, each (F,): z_spatial, z_temporal, z_highlevel
+    ((x - mean) / (std + 1e-8) with the training statistics), local = a*zS + (1-a)*zT,
+    fused = b*local + (1-b)*zH, final = fused smoothed within each video."""
     def z(x, name):
         mean, std = stats[name]
         return (x - mean) / (std + EPS)
 
-    local = local_stream(z(spatial, "spatial"), z(temporal, "temporal"), a)
-    final = b * local + (1 - b) * z(highlevel, "highlevel")
-    return per_video(lambda x: smooth(x, sigma), final, video_ids)
+    zs, zt, zh = z(spatial, "spatial"), z(temporal, "temporal"), z(highlevel, "highlevel")
+    local = local_stream(zs, zt, a)
+    fused = b * local + (1 - b) * zh
+    return {"z_spatial": zs, "z_temporal": zt, "z_highlevel": zh, "local": local, "fused": fused,
+            "final": per_video(lambda x: smooth(x, sigma), fused, video_ids)}
 
 
 def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:

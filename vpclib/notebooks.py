@@ -2,6 +2,7 @@
 
     vpc notebooks params/<dataset>.yaml [--data-root DIR] [--work-dir DIR] [--device D] [--out DIR] [--figures DIR]
     python -m vpclib.notebooks refresh     # the synthetic default, its outputs copied into notebooks/
+    python -m vpclib.notebooks colab       # the repository address of pyproject.toml -> setup cells, badges
 
 `run_notebooks` executes notebooks/00_data ... 04_visualization in order with the same parameters
 (PARAMS, DATA_ROOT, WORK_DIR, DEVICE, FIGURES_DIR), writes the executed copies to runs/<dataset>/
@@ -173,13 +174,92 @@ def commit_outputs(executed_dir, source_dir=None, names=NOTEBOOKS) -> None:
             nbformat.write(nb, str(tmp))
 
 
+# ---------------------------------------------------------------------------------------------
+# the repository's address: Colab setup cell and badges
+
+PLACEHOLDER_URL = "https://github.com/ORG/vpc"
+SETUP_SCRIPT = "colab_setup.py"                  # in notebooks/: the source of every notebook's first cell
+
+
+def repository_url(root=None) -> str:
+    """The repository's public address: pyproject.toml [project.urls] Repository of the clone (or,
+    installed from a wheel, the same field of the installed metadata)."""
+    pyproject = Path(root or Path(__file__).resolve().parents[1]) / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            import tomllib
+            return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"]
+        except ModuleNotFoundError:                                         # Python 3.10
+            import re
+            return re.search(r'^Repository\s*=\s*"([^"]*)"', pyproject.read_text(), re.M).group(1)
+    from importlib.metadata import metadata
+    urls = dict(u.split(", ", 1) for u in metadata("vpclib").get_all("Project-URL") or [])
+    return urls["Repository"]
+
+
+def colab_url(name: str, repo: str | None = None, branch: str = "main") -> str:
+    """Colab's address of notebooks/<name>.ipynb in the GitHub repository `repo` (default: ours)."""
+    repo = (repo or repository_url()).removesuffix(".git").rstrip("/")
+    path = repo.split("github.com/", 1)[-1]
+    return f"https://colab.research.google.com/github/{path}/blob/{branch}/notebooks/{name}.ipynb"
+
+
+def setup_cell_source(source_dir=None, repo: str | None = None) -> str:
+    """notebooks/colab_setup.py with REPO set to `repo` (default: as it is in the file)."""
+    import re
+    text = (Path(source_dir) if source_dir else notebooks_dir()).joinpath(SETUP_SCRIPT).read_text().rstrip("\n")
+    if repo is not None:
+        text = re.sub(r'^REPO = "[^"]*"', f'REPO = "{repo}"', text, count=1, flags=re.M)
+    return text
+
+
+def sync_colab(root=None) -> list[str]:
+    """Write the address of pyproject.toml into its consumers: REPO in notebooks/colab_setup.py, the
+    first cell of every notebook (the setup script itself, outputs cleared) and the README's Colab
+    badges. Returns the files changed."""
+    import re
+    import nbformat
+    root = Path(root or Path(__file__).resolve().parents[1])
+    repo = repository_url(root)
+    changed = []
+    script = root / "notebooks" / SETUP_SCRIPT
+    text = setup_cell_source(root / "notebooks", repo)
+    if script.read_text().rstrip("\n") != text:
+        save_text(script, text + "\n")
+        changed.append(str(script.relative_to(root)))
+    for name in NOTEBOOKS:
+        path = root / "notebooks" / f"{name}.ipynb"
+        nb = nbformat.read(str(path), as_version=4)
+        first = nb.cells[0]
+        if first.cell_type != "code" or first.source != text or first.outputs:
+            first.cell_type, first.source, first.outputs = "code", text, []
+            with atomic_path(path) as tmp:
+                nbformat.write(nb, str(tmp))
+            changed.append(str(path.relative_to(root)))
+    readme = root / "README.md"
+    old = readme.read_text()
+    new = re.sub(r"https://colab\.research\.google\.com/github/[^)\s]*?/notebooks/(\w+)\.ipynb",
+                 lambda m: colab_url(m.group(1), repo), old)
+    if new != old:
+        save_text(readme, new)
+        changed.append("README.md")
+    return changed
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vpclib.notebooks", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["refresh"], help="refresh: run the synthetic default and copy its "
-                   "outputs into notebooks/ (what the committed notebooks carry)")
+    p.add_argument("command", choices=["refresh", "colab"], help="refresh: run the synthetic default and copy "
+                   "its outputs into notebooks/ (what the committed notebooks carry); colab: write the "
+                   "repository address of pyproject.toml into the notebooks' setup cell and the README's badges")
     p.add_argument("--params", default="params/synthetic.yaml")
     p.add_argument("--work-dir", default=None)
     args = p.parse_args(argv)
+    if args.command == "colab":
+        changed = sync_colab()
+        print(f"repository address {repository_url()}: " + (", ".join(changed) + " updated" if changed else "all up to date"))
+        if repository_url() == PLACEHOLDER_URL:
+            print("note: it is still the placeholder; set [project.urls] Repository in pyproject.toml")
+        return 0
     cfg = load_params(args.params)
     out = Path(f"runs/{cfg.data.name}")
     os.environ["VPC_PROGRESS"] = "0"                   # the kernels inherit it: no bars in the committed outputs
@@ -283,6 +363,19 @@ def display_markdown(text: str) -> None:
     display(Markdown(text))
 
 
+def load_config(params, data_root: str = "", device: str = "") -> Config:
+    """The notebooks' config: the params file, with DATA_ROOT and DEVICE of the parameters cell when
+    they are set. A params file of a real dataset without a dataset root is an error that says how to
+    point DATA_ROOT at the data (Google Drive in Colab)."""
+    from .errors import ConfigError
+    try:
+        return load_params(params, **{"data.root": data_root or None, "device": device or None})
+    except ConfigError as err:
+        if "data.root" not in str(err):
+            raise
+        raise ConfigError(f"{err}\n{DATA_HELP}") from None
+
+
 def summary(cfg: Config) -> str:
     """One line about the run (no paths)."""
     m, o, e = cfg.method, cfg.objects, cfg.encoder
@@ -315,6 +408,35 @@ def layout_tree(root, max_items: int = 3) -> str:
 
     walk(root, 1)
     return "\n".join(lines)
+
+
+DATA_HELP = """How to point the notebooks at the data:
+- in Colab, put the dataset on Google Drive and mount it in a cell:
+      from google.colab import drive; drive.mount("/content/drive")
+  then set DATA_ROOT in the parameters cell, e.g. DATA_ROOT = "/content/drive/MyDrive/datasets/ped2"
+  (or copy it to the runtime's disk first: faster to read);
+- locally, set DATA_ROOT, or run `vpc notebooks PARAMS --data-root DIR`;
+- or set data.root in the params file. The layouts vpclib reads are in the README (Datasets)."""
+
+
+def check_dataset(cfg: Config, work: WorkDir) -> str:
+    """Check that the dataset of `cfg` is where and as the params file says: both splits found, every
+    test video labelled, every video long enough for one clip. Returns one line about it; raises
+    DatasetError with what was expected and how to point DATA_ROOT at the data."""
+    from .errors import DatasetError
+    layout = "ucsd" if cfg.data.layout == "synthetic" else cfg.data.layout
+    expected = next((line.strip() for line in (datasets.load_split.__doc__ or "").splitlines()
+                     if line.strip().startswith(layout + " ")), layout)
+    if cfg.data.layout != "synthetic" and not cfg.data.root:
+        raise DatasetError(f"no dataset root: DATA_ROOT and the params file's data.root are empty.\n"
+                           f"Expected layout: {expected}\n{DATA_HELP}")
+    try:
+        found = {split: pipeline.load_videos(cfg, work, split) for split in pipeline.SPLITS}
+    except DatasetError as err:
+        raise DatasetError(f"{err}\nExpected layout: {expected}\n{DATA_HELP}") from None
+    where = "the synthetic scenes (generated in WORK_DIR)" if cfg.data.layout == "synthetic" else "DATA_ROOT"
+    return (f"layout {layout} in {where}: {len(found['train'])} training and {len(found['test'])} test videos, "
+            f"every test video labelled, every video at least T={cfg.method.clip_length} frames")
 
 
 def anomaly_kinds(root) -> dict[str, str]:
@@ -428,6 +550,58 @@ def object_crops(cfg: Config, videos, boxes: dict, n_per_video: int = 4):
     return crops, titles
 
 
+MOTION_SWEEPS = {"motion_min_area": [10, 20, 40, 80, 160], "motion_threshold": [10, 25, 50, 75, 100]}
+
+
+def detector_sweep(cfg: Config, videos, confidences=(0.0, 0.25, 0.5, 0.75, 0.95),
+                   growths=(1.0, 1.1, 1.2, 1.35, 1.5)) -> dict:
+    """Objects per clip against what decides them for the detector in use, and the mean box side
+    against the box growth f, with ablation.detection_sweep. YOLO and boxes files: the confidence
+    threshold. The motion detector gives every blob confidence 1, so the threshold changes nothing
+    below 1: its blob size (motion_min_area) and grey-level threshold (motion_threshold) instead,
+    each swept with the other parameters as in the params file.
+    -> {"sweeps": [(parameter, values, objects per clip)], "growths", "mean_box_side"}."""
+    import copy
+    from . import ablation
+    o = cfg.objects
+    confidence = o.test_confidence
+    base = ablation.detection_sweep(cfg, videos, list(confidences) if o.detector != "motion" else [confidence],
+                                    list(growths))
+    if o.detector != "motion":
+        sweeps = [("confidence threshold", list(confidences), base["objects_per_clip"])]
+    else:
+        sweeps = []
+        for key, values in MOTION_SWEEPS.items():
+            counts = []
+            for value in values:
+                changed = copy.deepcopy(cfg)
+                setattr(changed.objects, key, value)
+                counts.append(ablation.detection_sweep(changed, videos, [confidence], [o.box_growth])["objects_per_clip"][0])
+            sweeps.append((key, list(values), counts))
+    return {"sweeps": sweeps, "growths": base["growths"], "mean_box_side": base["mean_box_side"],
+            "marks": {"confidence threshold": confidence, "motion_min_area": o.motion_min_area,
+                      "motion_threshold": o.motion_threshold}}
+
+
+def detector_sweep_figure(sweep: dict):
+    """One panel per swept detector parameter (objects per clip, the params file's value marked), and
+    the mean box side against f."""
+    from matplotlib.figure import Figure
+    n = len(sweep["sweeps"]) + 1
+    fig = Figure(figsize=(3.4 * n, 2.6), layout="constrained")
+    axes = fig.subplots(1, n)
+    for ax, (name, values, counts) in zip(axes, sweep["sweeps"]):
+        ax.plot(values, counts, "o-")
+        ax.axvline(sweep["marks"][name], color="0.5", ls="--", lw=1)
+        ax.set_xlabel(name)
+        ax.set_ylabel("objects per clip")
+        ax.set_ylim(bottom=0)
+    axes[-1].plot(sweep["growths"], sweep["mean_box_side"], "o-", color="#ff7f0e")
+    axes[-1].set_xlabel("box growth f")
+    axes[-1].set_ylabel("mean box side (px)")
+    return fig
+
+
 def first_detection(cfg: Config, videos):
     """A raw detection (before growth) on the detector's frame of the middle of the first test
     video's anomaly: (frame BGR, box x1, y1, x2, y2), the largest kept box. None if nothing is found."""
@@ -514,7 +688,20 @@ def auc_table(result: dict) -> str:
     rows = [["micro (all frames)", result["auc_micro_oracle"], result["auc_micro_labelfree"]],
             ["macro (mean of videos)", result["auc_macro_oracle"], result["auc_macro_labelfree"]]]
     rows += [[f"video {v}", a["oracle"], a["labelfree"]] for v, a in result["per_video"].items()]
-    return markdown_table(["AUC", "oracle (test-label search)", "label-free (fixed)"], rows)
+    return markdown_table(["AUC", "oracle (test-label search)", f"label-free ({result['labelfree']['mode']})"], rows)
+
+
+def read_metrics(cfg: Config, work: WorkDir) -> dict:
+    """metrics.json of 03_inference when it was made with this config; else pipeline.evaluate (which
+    writes it, and scores.csv, again)."""
+    import json
+    from .store import read_json
+    path = work.path("metrics.json")
+    if path.is_file() and work.path("scores.csv").is_file():
+        result = read_json(path)
+        if result.get("config") == json.loads(json.dumps(cfg.to_dict())):       # as JSON stores it
+            return result
+    return pipeline.evaluate(cfg, work)
 
 
 # ---------------------------------------------------------------------------------------------
