@@ -254,12 +254,26 @@ def test_boxes_file_edited_in_place(finished, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # decoding is checked
 
-@pytest.mark.parametrize("damage", ["truncated to half", "not an image"])
+def damaged(content: bytes, damage: str) -> bytes:
+    """A JPEG file's bytes, damaged: cut, cut with the end marker kept (the file still looks
+    complete), its coded data overwritten in the middle, or not an image at all."""
+    half = len(content) // 2
+    if damage == "truncated to half":
+        return content[:half]
+    if damage == "truncated, end marker kept":
+        return content[:half] + b"\xff\xd9"
+    if damage == "coded data overwritten":
+        return content[:half] + bytes(64) + content[half + 64:]
+    return b"not a jpeg"
+
+
+@pytest.mark.parametrize("damage", ["truncated to half", "truncated, end marker kept", "coded data overwritten",
+                                    "not an image"])
 def test_damaged_jpeg_is_named(run_copy, capsys, damage):
+    """The last two decode to an image, damaged: only the decoder's message on stderr tells."""
     data, params, work, argv = run_copy
     bad = frame(data, "test", "02", 7)
-    content = bad.read_bytes()
-    bad.write_bytes(content[:len(content) // 2] if damage == "truncated to half" else b"not a jpeg")
+    bad.write_bytes(damaged(bad.read_bytes(), damage))
     before = hashes(work)
     assert vpc(argv + ["--overwrite"]) == 2
     message = one_line_error(capsys)

@@ -16,7 +16,11 @@ Every inconsistency raises `DatasetError` naming the file, folder or parameter a
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,6 +100,117 @@ def check_frame_size(frame: np.ndarray, expected_size: tuple[int, int], where, f
     if (width, height) != tuple(expected_size):
         raise DatasetError(f"frame {where} is {width}x{height} but the video's first frame {first} is "
                            f"{expected_size[0]}x{expected_size[1]}: every frame of a video must have one size")
+
+
+# -----------------------------------------------------------------------------
+# Decoder messages: libjpeg, libpng and FFmpeg inside OpenCV report damaged data (e.g. "Corrupt
+# JPEG data: premature end of data segment") only by writing to the process's stderr (file
+# descriptor 2), naming no file, and still return an image. `decoder_check(video)` reads them.
+
+DECODER_MESSAGE = re.compile(rb"(Corrupt JPEG data|Premature end of JPEG|Invalid JPEG|Bogus |JPEG datastream|"
+                             rb"Unsupported JPEG|libpng (warning|error)|\[(h264|hevc|mpeg4|mjpeg|h263|vp[89]|av1)"
+                             rb" @ [^]]*\].*(error|corrupt|invalid|missing))", re.I)
+
+
+class _Stderr:
+    """While active, fd 2 is a pipe read by a thread: decoder messages are kept (in order), every
+    other byte (progress bars, warnings) is passed on to the real stderr at once."""
+
+    def __init__(self):
+        self.lock, self.depth, self.messages = threading.Lock(), 0, []
+        self.seen = threading.Condition()
+        self.marks, self.active = 0, False
+
+    def start(self) -> bool:
+        sys.stderr.flush()
+        try:
+            self.saved = os.dup(2)
+        except OSError:                                     # no stderr to read: nothing to check
+            return False
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._read, args=(read,), daemon=True)
+        self.thread.start()
+        return True
+
+    def stop(self):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)                              # the pipe's last writer closes: the reader ends
+        self.thread.join()
+        os.close(self.saved)
+
+    def _read(self, fd):
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                for line in chunk.splitlines(keepends=True):
+                    if line.startswith(b"\x00vpc-mark"):
+                        with self.seen:
+                            self.marks = int(line.split()[1])
+                            self.seen.notify_all()
+                    elif DECODER_MESSAGE.search(line):
+                        self.messages.append(line.decode(errors="replace").strip())
+                    else:
+                        os.write(self.saved, line)
+
+    def mark(self) -> int:
+        """How many decoder messages were read so far (everything written before this call included)."""
+        if not self.active:
+            return 0
+        with self.lock:
+            self.marks_sent = getattr(self, "marks_sent", 0) + 1
+            n = self.marks_sent
+        os.write(2, b"\x00vpc-mark %d\n" % n)
+        with self.seen:
+            self.seen.wait_for(lambda: self.marks >= n, timeout=10)
+        return len(self.messages)
+
+
+_STDERR = _Stderr()
+
+
+@contextmanager
+def native_stderr():
+    """Read the decoders' messages while the block runs (nested blocks share one reader)."""
+    with _STDERR.lock:
+        if _STDERR.depth == 0:
+            _STDERR.active = _STDERR.start()
+        _STDERR.depth += 1
+    try:
+        yield _STDERR
+    finally:
+        with _STDERR.lock:
+            _STDERR.depth -= 1
+            if _STDERR.depth == 0 and _STDERR.active:
+                _STDERR.stop()
+                _STDERR.active = False
+
+
+@contextmanager
+def decoder_check(video: "Video"):
+    """DatasetError naming the file when the decoder reported damaged data while `video` was decoded
+    in the block (in any thread). For a frame folder, the frames are then decoded again one at a
+    time to find which files are damaged; for a video file, the file is named."""
+    with native_stderr() as err:
+        first = err.mark()
+        yield
+        messages = err.messages[first:err.mark()]
+        if not messages:
+            return
+        if video.frame_paths is None:
+            raise DatasetError(f"video file {video.source} is damaged: the decoder reported "
+                               f"{'; '.join(dict.fromkeys(messages))}")
+        damaged = []
+        for path in video.frame_paths:
+            before = err.mark()
+            cv2.imread(str(path), cv2.IMREAD_COLOR)
+            found = err.messages[before:err.mark()]
+            if found:
+                damaged.append(f"{path} ({'; '.join(dict.fromkeys(found))})")
+        where = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise DatasetError(f"damaged frame file{'s' if len(damaged) != 1 else ''} in {video.source}: "
+                           f"{where or 'the decoder reported ' + '; '.join(dict.fromkeys(messages))}: "
+                           f"replace the files or remove them from the video folder")
 
 
 @dataclass(eq=False)

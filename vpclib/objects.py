@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from .datasets import decoder_check
 from .errors import ConfigError, WeightsUnavailableError
 
 COCO_KEPT_CLASSES = (0, 1, 2, 3, 7)  # person, bicycle, car, motorcycle, truck
@@ -359,13 +360,14 @@ def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, c
     The detector sees the middle frame of each clip only; each frame is decoded once. `final`: the
     boxes are used as they are (no growth, no squaring).
     """
-    detector.begin_video(video)
     max_w, max_h = video.frame_size
     middles = [int(s) + middle_frame_offset(clip_length) for s in starts]
-    if isinstance(detector, BoxesFileDetector):
-        detections = {i: detector.detect_at(i) for i in middles}
-    else:
-        detections = {i: detector.detect(frame) for i, frame in video.iter_frames(middles)}
+    with decoder_check(video):                                  # damaged frames: an error naming the file
+        detector.begin_video(video)
+        if isinstance(detector, BoxesFileDetector):
+            detections = {i: detector.detect_at(i) for i in middles}
+        else:
+            detections = {i: detector.detect(frame) for i, frame in video.iter_frames(middles)}
     return [select_objects(detections[i], confidence, classes, growth, max_w, max_h, final) for i in middles]
 
 

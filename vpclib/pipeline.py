@@ -270,7 +270,8 @@ def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, 
 
     n_readers = 1 if paths is None else min(16, os.cpu_count() or 1)
     parts, in_flight = [], deque()
-    with ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(n_readers) as readers:
+    # damaged frames (the decoder's messages on stderr): an error naming the files, after the pools end
+    with datasets.decoder_check(video), ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(n_readers) as readers:
         pending = deque(ahead.submit(decode, lo, n) for lo, n in chunks[:2])
         for k, (lo, n) in enumerate(chunks):
             frames = pending.popleft().result()                               # (n*T, H, W, 3)

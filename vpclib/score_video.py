@@ -34,21 +34,26 @@ class FinishedRun:
     work: WorkDir
 
 
-def finished_run(work_dir, device: str | None = None) -> FinishedRun:
-    """Read config.json, memory.npz and metrics.json of a work directory made by `vpc run`."""
+def finished_run(work_dir, device: str | None = None, cfg: Config | None = None) -> FinishedRun:
+    """Read config.json, memory.npz and metrics.json of a work directory made by `vpc run`.
+
+    `cfg`: the params the artifacts were made with, where the work dir has no config.json (the
+    notebooks' work dir: each notebook loads the params file itself)."""
     work = WorkDir(work_dir)
     needed = [work.path(n) for n in ("config.json", "memory.npz", "metrics.json")]
-    missing = [str(p) for p in needed if not p.is_file() or (p.name != "config.json" and not work.manifest(p).is_file())]
+    missing = [str(p) for p in needed if not (p.name == "config.json" and cfg is not None)
+               and (not p.is_file() or (p.name != "config.json" and not work.manifest(p).is_file()))]
     if missing:
         raise DatasetError(f"{work.root} is not a finished run: {', '.join(missing)} missing; "
                            f"run `vpc run PARAMS.yaml --work-dir {work.root}` first")
-    raw = read_json(needed[0])
-    if device:
-        raw["device"] = device
-    try:
-        cfg = from_dict(raw)
-    except ConfigError as err:
-        raise ConfigError(f"{needed[0]}: {err}") from None
+    if cfg is None:
+        raw = read_json(needed[0])
+        if device:
+            raw["device"] = device
+        try:
+            cfg = from_dict(raw)
+        except ConfigError as err:
+            raise ConfigError(f"{needed[0]}: {err}") from None
     return FinishedRun(cfg, load_memory(needed[1]), read_json(needed[2])["labelfree"], work)
 
 
