@@ -137,8 +137,9 @@ class _Stderr:
     def stop(self):
         sys.stderr.flush()
         os.dup2(self.saved, 2)                              # the pipe's last writer closes: the reader ends
-        self.thread.join()
-        os.close(self.saved)
+        self.thread.join(timeout=5)                         # (unless a child process still holds it open)
+        if not self.thread.is_alive():
+            os.close(self.saved)
 
     def _read(self, fd):
         with os.fdopen(fd, "rb", buffering=0) as pipe:
