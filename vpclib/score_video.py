@@ -39,6 +39,8 @@ def finished_run(work_dir, device: str | None = None, cfg: Config | None = None)
 
     `cfg`: the params the artifacts were made with, where the work dir has no config.json (the
     notebooks' work dir: each notebook loads the params file itself)."""
+    if not Path(work_dir).expanduser().is_dir():                                 # WorkDir would create it
+        raise DatasetError(f"work directory {work_dir} does not exist: give the --work-dir of a finished `vpc run`")
     work = WorkDir(work_dir)
     needed = [work.path(n) for n in ("config.json", "memory.npz", "metrics.json")]
     missing = [str(p) for p in needed if not (p.name == "config.json" and cfg is not None)
