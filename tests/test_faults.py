@@ -620,17 +620,6 @@ def test_one_based_boxes_frames_are_named(finished, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # bad inputs tried beyond the issue's list
 
-def test_empty_params_file_is_an_error(tmp_path, capsys):
-    """An empty params file would run every default (the paper's CLIP weights on the synthetic
-    scenes): an error naming the file instead, and no work directory made."""
-    params = tmp_path / "empty.yaml"
-    params.write_text("")
-    assert vpc(["run", str(params), "--work-dir", str(tmp_path / "work")]) == 2
-    message = one_line_error(capsys)
-    assert str(params) in message and "empty" in message
-    assert not (tmp_path / "work").exists()
-
-
 def test_score_with_a_missing_work_dir_creates_nothing(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
     assert vpc(["score", str(missing), str(tmp_path)]) == 2

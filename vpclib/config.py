@@ -270,11 +270,9 @@ def read_params(path, sets: dict | None = None, **overrides) -> dict:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text()) or {}                 # an empty file: every default
     except yaml.YAMLError as err:
         raise ConfigError(f"params file {path} is not valid YAML: {err}") from err
-    if raw is None:                                  # an empty file would silently run every default
-        raise ConfigError(f"params file {path} is empty: start from one of params/*.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"params file {path} must hold a mapping at the top level")
     for dotted, value in overrides.items():
