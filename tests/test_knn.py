@@ -1,0 +1,132 @@
+"""kNN searches of the exact arithmetic (`scoring.knn`) against numpy float64 brute force (METHOD.md §7).
+
+`nearest_fast` ranks in low precision (bf16 here on CPU, as on CUDA; float32 by default on CPU)
+and re-ranks its candidates in float32: whenever the true nearest vector is among the candidates
+its distance is the exact one. Random data, near-ties, duplicated vectors, well-separated
+clusters (the nearest must be among the candidates), and a case built to push it out.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from vpclib.config import from_dict
+from vpclib.errors import ConfigError
+from vpclib.scores import local_clip_scores, nearest, nearest_fast, set_distances
+
+
+def brute(q: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 nearest distances and first nearest indices: (Q, D), (N, D) -> (Q,), (Q,)."""
+    squared = ((q[:, None, :].astype(np.float64) - m[None, :, :].astype(np.float64)) ** 2).sum(-1)   # (Q, N)
+    return np.sqrt(squared.min(1)), squared.argmin(1)
+
+
+def as_t(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+RANKINGS = [None, torch.bfloat16]                                              # float32 (CPU default), bf16
+
+
+@pytest.mark.parametrize("dtype", RANKINGS)
+@pytest.mark.parametrize("bank_chunk", [1 << 18, 37])                          # one block; many blocks, merged
+def test_fast_equals_brute_force_on_random_data(rng, dtype, bank_chunk):
+    q = rng.normal(size=(200, 24)).astype(np.float32)
+    m = rng.normal(size=(500, 24)).astype(np.float32)
+    distance, index = nearest_fast(as_t(q), as_t(m), candidates=16, bank_chunk=bank_chunk, dtype=dtype)
+    expected, expected_index = brute(q, m)
+    np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(index.numpy(), expected_index)             # no ties in random data
+
+
+@pytest.mark.parametrize("dtype", RANKINGS)
+def test_fast_well_separated_nearest_is_always_a_candidate(rng, dtype):
+    """Bank: 40 tight clusters far apart; queries near a cluster centre. The nearest vector is in
+    the query's own cluster, 8 vectors, all within the 8 candidates even in bf16 (the next cluster
+    is ~50 away, the cluster's spread 0.1): the result must be the exact distance."""
+    centres = rng.normal(size=(40, 16)) * 20
+    m = (centres[:, None] + 0.1 * rng.normal(size=(40, 8, 16))).reshape(-1, 16).astype(np.float32)
+    q = (centres[rng.integers(0, 40, 300)] + 0.1 * rng.normal(size=(300, 16))).astype(np.float32)
+    distance, index = nearest_fast(as_t(q), as_t(m), candidates=8, dtype=dtype)
+    expected, expected_index = brute(q, m)
+    np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(index.numpy(), expected_index)
+
+
+@pytest.mark.parametrize("dtype", RANKINGS)
+def test_fast_near_ties_and_duplicates(rng, dtype):
+    """Duplicated bank vectors (exact ties: the distance is the same, the first index wins) and
+    queries halfway between two bank vectors plus 1e-4 (near-ties below bf16's rounding of the
+    ranking: the exact re-ranking must pick the truly nearer one)."""
+    base = rng.normal(size=(60, 32)).astype(np.float32)
+    m = np.concatenate([base, base[:20], rng.normal(size=(40, 32)).astype(np.float32)])   # rows 60..79 repeat 0..19
+    a, b = base[:30], base[30:60]
+    direction = (b - a) / np.linalg.norm(b - a, axis=1, keepdims=True)
+    halfway = (a + b) / 2 - 1e-4 * direction                                  # a hair nearer to a
+    q = np.concatenate([base[:20] + 0.01, halfway, rng.normal(size=(50, 32))]).astype(np.float32)
+    distance, index = nearest_fast(as_t(q), as_t(m), candidates=16, dtype=dtype)
+    expected, expected_index = brute(q, m)
+    np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(index.numpy(), expected_index)             # first of the duplicates; a, not b
+    assert set(index.numpy()[:20]) <= set(range(20))
+
+
+def test_fast_exact_zero_and_large_offset(rng):
+    """A query equal to a bank vector is at distance 0 exactly; a shared offset of 1000 (where the
+    matrix-product form |q|^2 + |m|^2 - 2q.m cancels in float32) does not move the result."""
+    m = rng.normal(size=(100, 8)).astype(np.float32)
+    q = np.concatenate([m[[5, 50]], rng.normal(size=(20, 8))]).astype(np.float32)
+    expected, _ = brute(q, m)
+    for offset in (0.0, 1000.0):
+        distance, _ = nearest_fast(as_t(q + offset), as_t(m + offset), candidates=16)
+        assert distance[0] == 0 and distance[1] == 0
+        np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-4, atol=1e-4)   # q + 1000 rounds in float32
+
+
+def test_fast_with_one_candidate_can_miss_where_enough_candidates_do_not(rng):
+    """The re-ranking is what makes the fast search exact: bf16 ranking with a single candidate
+    returns a farther vector for some near-tied queries; with 16 candidates, none."""
+    base = rng.normal(size=(200, 64)).astype(np.float32) + 4.0                # |m| ~ 32: bf16 ranking error ~ 0.1
+    q = (base[rng.integers(0, 200, 400)] + 0.02 * rng.normal(size=(400, 64))).astype(np.float32)
+    m = np.concatenate([base, base + 0.02 * rng.normal(size=base.shape).astype(np.float32)])   # near-twins
+    expected, _ = brute(q, m)
+    one, _ = nearest_fast(as_t(q), as_t(m), candidates=1, dtype=torch.bfloat16)
+    many, _ = nearest_fast(as_t(q), as_t(m), candidates=16, dtype=torch.bfloat16)
+    assert (one.numpy() > expected * (1 + 1e-4)).any()                       # the test can fail: one is not enough
+    np.testing.assert_allclose(many.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_exact_search_equals_brute_force_indices(rng):
+    """The float32 search (`scoring.knn: exact`) on the same data: distances and indices."""
+    q = rng.normal(size=(150, 12)).astype(np.float32)
+    m = rng.normal(size=(400, 12)).astype(np.float32)
+    distance, index = nearest(as_t(q), as_t(m))
+    expected, expected_index = brute(q, m)
+    np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(index.numpy(), expected_index)
+
+
+def test_set_distances_fast_and_clip_scores(rng):
+    """set_distances(knn='fast') per set, and the local clip scores built on it, against brute force."""
+    sets = rng.normal(size=(7, 49, 10)).astype(np.float32)
+    m = rng.normal(size=(300, 10)).astype(np.float32)
+    ours = set_distances(as_t(sets), as_t(m), "exact", knn="fast", candidates=4).numpy()
+    expected = brute(sets.reshape(-1, 10), m)[0].reshape(7, 49)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
+    clips = local_clip_scores(as_t(sets), torch.tensor([0, 0, 1, 1, 1, 3, 3]), 4, as_t(m), 2, "exact", knn="fast")
+    per_object = expected.max(1) ** 2
+    np.testing.assert_allclose(clips.numpy(), [per_object[:2].max(), per_object[2:5].max(), 0, per_object[5:].max()],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="knn"):
+        set_distances(as_t(sets), as_t(m), "exact", knn="approximate")
+
+
+def test_knn_params_validated():
+    assert from_dict().scoring.knn == "exact" and from_dict().scoring.knn_candidates == 16
+    assert from_dict({"arithmetic": "exact", "scoring": {"knn": "fast"}}).scoring.knn == "fast"
+    with pytest.raises(ConfigError, match="'scoring.knn'.*one of"):
+        from_dict({"arithmetic": "exact", "scoring": {"knn": "faiss"}})
+    with pytest.raises(ConfigError, match="'scoring.knn'.*arithmetic: exact"):
+        from_dict({"scoring": {"knn": "fast"}})                               # the reference arithmetic
+    with pytest.raises(ConfigError, match="'scoring.knn_candidates'"):
+        from_dict({"arithmetic": "exact", "scoring": {"knn": "fast", "knn_candidates": 0}})
