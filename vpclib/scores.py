@@ -140,6 +140,57 @@ def nearest_fast(queries: torch.Tensor, bank: torch.Tensor, candidates: int = 16
 
 
 @torch.no_grad()
+def nearest_tiles(queries: torch.Tensor, bank: torch.Tensor, candidates: int = 16, chunk: int = 16384,
+                  dtype: torch.dtype | None = None, kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fast search with the fused ranking kernel: (Q, D), (N, D) float32 -> distances (Q,), indices (Q,).
+
+    1. rank: each query's lowest ranking score in every tile of 64 bank vectors
+       (`knn_kernel.tile_minima`: bf16 products reduced in registers, the (Q, N) block of scores
+       never written; `kernel=False`, or no CUDA / Triton: the same minima in torch);
+    2. keep the `candidates` tiles with the lowest minima;
+    3. re-rank their 64 * candidates vectors by direct float32 distance, first index among ties.
+    The true nearest vector is missed only if `candidates` other tiles each hold a vector that
+    ranks below it: at least as safe as `nearest_fast` with as many candidates.
+    """
+    from . import knn_kernel
+    n, d = bank.shape
+    tile = knn_kernel.TILE
+    use_kernel = knn_kernel.kernel_available(bank.device) if kernel is None else kernel
+    low = bank.to(dtype or ranking_dtype(bank.device))                       # (N, D)
+    if use_kernel:
+        low = knn_kernel.pad_dims(low)                                       # (N, D') for the kernel
+    bank_sq = (bank * bank).sum(1)                                           # (N,) float32
+    n_tiles = -(-n // tile)
+    c = min(candidates, n_tiles)
+    out = torch.empty(len(queries), device=queries.device)
+    found = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    rows = max(1, min(chunk, (1 << 28) // n_tiles))                          # bound the (rows, n_tiles) minima
+    within = torch.arange(tile, device=bank.device)
+    for lo in range(0, len(queries), rows):
+        q = queries[lo:lo + rows]                                            # (q, D)
+        minima = (knn_kernel.tile_minima if use_kernel else knn_kernel.tile_minima_torch)(q, low, bank_sq, tile)
+        best_tiles = minima.topk(c, dim=1, largest=False).indices.sort(1).values   # (q, c) ascending
+        step = max(1, (1 << 27) // (c * tile * d))                           # bound the (step, c*tile, D) gather
+        for a in range(0, len(q), step):
+            index = (best_tiles[a:a + step, :, None] * tile + within).flatten(1)   # (s, c*tile) ascending
+            valid = index < n
+            index = index.clamp_max(n - 1)
+            squared = ((q[a:a + step, None, :] - bank[index]) ** 2).sum(2)  # (s, c*tile) exact, float32
+            squared = squared.masked_fill(~valid, float("inf"))
+            winner = squared.argmin(1, keepdim=True)                         # first minimum
+            out[lo + a:lo + a + len(index)] = squared.gather(1, winner).squeeze(1).sqrt()
+            found[lo + a:lo + a + len(index)] = index.gather(1, winner).squeeze(1)
+    return out, found
+
+
+def fast_search(device):
+    """`scoring.knn: fast` on `device`: the fused tile kernel on CUDA (when Triton builds there),
+    the top-k search elsewhere; both re-rank exactly (benchmarks/knn.py times them)."""
+    from .knn_kernel import kernel_available
+    return nearest_tiles if kernel_available(device) else nearest_fast
+
+
+@torch.no_grad()
 def reference_set_distances(query_sets: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """The reference's nearest distances, set by set: (S, V, D), (N, D) -> (S, V).
 
@@ -168,7 +219,7 @@ def set_distances(query_sets: torch.Tensor, bank: torch.Tensor, arithmetic: str 
         if knn == "exact":
             return nearest_distances(flat, bank).view(s, v)
         if knn == "fast":
-            return nearest_fast(flat, bank, candidates)[0].view(s, v)
+            return fast_search(bank.device)(flat, bank, candidates)[0].view(s, v)
         raise ValueError(f"knn must be one of {KNN}, got {knn!r}")
     raise ValueError(f"arithmetic must be one of {ARITHMETIC}, got {arithmetic!r}")
 
