@@ -17,7 +17,10 @@ from vpclib.scores import local_clip_scores, nearest, nearest_fast, nearest_tile
 
 def brute(q: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 nearest distances and first nearest indices: (Q, D), (N, D) -> (Q,), (Q,)."""
-    squared = ((q[:, None, :].astype(np.float64) - m[None, :, :].astype(np.float64)) ** 2).sum(-1)   # (Q, N)
+    m = m.astype(np.float64)
+    step = max(1, (1 << 25) // (len(m) * m.shape[1]))
+    squared = np.concatenate([((q[i:i + step, None, :].astype(np.float64) - m[None]) ** 2).sum(-1)
+                              for i in range(0, len(q), step)])                 # (Q, N)
     return np.sqrt(squared.min(1)), squared.argmin(1)
 
 
@@ -186,3 +189,43 @@ def test_triton_kernel_in_the_interpreter_equals_float64_tile_minima(tmp_path):
     run = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.strip().splitlines()[-1]) < 1e-3                  # float32 sums of 40 products ~ 1e2
+
+
+# --- on CUDA (skipped without it): bf16 on tensor cores, the Triton kernel ----------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("search", ["fast", "tiles", "exact"])
+def test_cuda_searches_equal_brute_force(rng, search):
+    """Clustered bank (near-twins: the bf16 ranking alone confuses them) of 20,000 x 64 and a
+    high-level-like 3,000 x 1536; queries near bank vectors; float64 brute force on the host."""
+    for n, d in ((20_000, 64), (3_000, 1536)):
+        centres = rng.normal(size=(n // 10, d))
+        m = (centres[rng.integers(0, len(centres), n)] + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
+        q = (m[rng.integers(0, n, 700)] + 0.05 * rng.normal(size=(700, d))).astype(np.float32)
+        qq, mm = as_t(q).cuda(), as_t(m).cuda()
+        if search == "fast":
+            distance, index = nearest_fast(qq, mm, candidates=16)
+        elif search == "tiles":
+            from vpclib.knn_kernel import kernel_available
+            assert kernel_available("cuda")
+            distance, index = nearest_tiles(qq, mm, candidates=16)
+        else:
+            distance, index = nearest(qq, mm)
+        expected, expected_index = brute(q, m)
+        np.testing.assert_allclose(distance.cpu().numpy(), expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(index.cpu().numpy(), expected_index)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triton_tile_minima_equal_torch_bf16():
+    """The kernel's tile minima against torch's (the same bf16 inputs, float32 accumulation)."""
+    from vpclib import knn_kernel
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1000, 72, device="cuda", generator=g)
+    m = torch.randn(10_000, 72, device="cuda", generator=g)
+    sq = (m * m).sum(1)
+    low = m.bfloat16()
+    ours = knn_kernel.tile_minima(q, knn_kernel.pad_dims(low), sq)
+    theirs = knn_kernel.tile_minima_torch(q, low, sq)
+    assert ours.shape == theirs.shape == (1000, -(-10_000 // knn_kernel.TILE))
+    assert float((ours - theirs).abs().max()) < 1e-3 * float(theirs.abs().max())   # accumulation order only
