@@ -32,7 +32,7 @@ def _kernel():
     @triton.jit
     def tile_min_kernel(q_ptr, m_ptr, msq_ptr, out_ptr, n_q, n_m, n_tiles, d,
                         BQ: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-        pid_q, pid_m = tl.program_id(0), tl.program_id(1)
+        pid_m, pid_q = tl.program_id(0), tl.program_id(1)                   # tiles on axis 0: up to 2^31 - 1
         rq = pid_q * BQ + tl.arange(0, BQ)                                  # (BQ,) query rows
         rm = pid_m * BM + tl.arange(0, BM)                                  # (BM,) bank rows: one tile
         rk = tl.arange(0, BK)
@@ -79,7 +79,7 @@ def tile_minima(q: torch.Tensor, bank_low: torch.Tensor, bank_sq: torch.Tensor, 
     if q_low.shape[1] != width:
         q_low = torch.nn.functional.pad(q_low, (0, width - q_low.shape[1]))
     out = torch.empty(n_q, n_tiles, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(n_q, BLOCK_Q), n_tiles)
+    grid = (n_tiles, triton.cdiv(n_q, BLOCK_Q))                             # axis 1 allows 65,535 at most
     kernel[grid](q_low.contiguous(), bank_low, bank_sq.contiguous(), out, n_q, n, n_tiles, width,
                  BQ=BLOCK_Q, BM=tile, BK=BLOCK_K)
     return out
