@@ -228,6 +228,15 @@ def fuse_stages(stages: nn.Module, device: str) -> FusedStages:
 
 
 
+def _torch_load(path: Path) -> dict:
+    """torch.load(weights_only=True), memory-mapped where the file is torch's zip format (the
+    tensors are read from the page cache when used, not copied first); the legacy format without."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:                                                        # legacy format, or unreadable
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_state_dict(path: Path) -> dict:
     """A checkpoint's tensors, never unpickling code: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
@@ -241,7 +250,7 @@ def _read_state_dict(path: Path) -> dict:
                                           f"file ({short_error(err)})") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
         except Exception as err:
             raise WeightsUnavailableError(
                 f"encoder.pretrained: {path} is not a plain state dict ({short_error(err)}). TorchScript archives "
@@ -253,8 +262,10 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...], source: str) -> None:
-    """Load `state` into `module`; every parameter under `needed_prefixes` must be there."""
+def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...], source: str,
+               assign: bool = False) -> None:
+    """Load `state` into `module`; every parameter under `needed_prefixes` must be there.
+    assign: take the checkpoint's tensors as the parameters (a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k.startswith(needed_prefixes) and k not in state]
     if missing:
@@ -264,7 +275,7 @@ def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...],
         if k in own and own[k].shape != v.shape:
             raise WeightsUnavailableError(f"checkpoint {source}: tensor {k} has shape {tuple(v.shape)}, "
                                           f"expected {tuple(own[k].shape)}")
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
 
 
 def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
@@ -289,11 +300,27 @@ def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
             state = _read_state_dict(path)
             if any(k.startswith("visual.") for k in state):
                 state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        torch.manual_seed(seed)
-        visual = open_clip.create_model("RN101", pretrained=None).visual
-        if state is not None:
-            _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path))
+        if state is None:
+            torch.manual_seed(seed)
+            visual = open_clip.create_model("RN101", pretrained=None).visual
+        else:                                                                # the checkpoint's tensors, no init
+            visual = clip_rn101_visual_on_meta(open_clip)
+            visual.layer4, visual.attnpool = nn.Identity(), nn.Identity()
+            _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path), assign=True)
+            left = [k for k, v in visual.state_dict().items() if v.is_meta]
+            if left:
+                raise WeightsUnavailableError(f"checkpoint {path} lacks {len(left)} tensors the encoder needs, "
+                                              f"e.g. {left[:3]}")
     return CLIPResNetStages(visual)
+
+
+def clip_rn101_visual_on_meta(open_clip) -> nn.Module:
+    """open_clip's RN101 image tower (ModifiedResNet) built on the meta device: no memory, no random
+    initialisation (3 s of CPU here), no text tower; a checkpoint's tensors are then assigned."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    cfg = open_clip.get_model_config("RN101")
+    with torch.device("meta"):
+        return _build_vision_tower(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]))
 
 
 # encoder.pretrained name -> (PyPI package module, its model-file class, the timm model it fits)
