@@ -66,14 +66,18 @@ from vpclib.config import from_dict
 from vpclib.encoder import build_encoder
 imported = time.perf_counter() - t
 t = time.perf_counter()
+import open_clip
+clip = time.perf_counter() - t
+t = time.perf_counter()
 build_encoder(from_dict({{"encoder": {{"backbone": "clip_rn101", "pretrained": {ckpt!r}}}}}), {device!r})
-print(json.dumps({{"import vpclib.encoder": imported, "build_encoder": time.perf_counter() - t}}))
+print(json.dumps({{"import vpclib.encoder": imported, "import open_clip": clip, "build_encoder": time.perf_counter() - t}}))
 """
 
 
 def run_python(code: str, root: Path = ROOT) -> dict:
     env = {**ENV, "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=root)                                           # `-c` puts the cwd first on sys.path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,16 +129,19 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only-build", action="store_true", help="only the build_encoder rows")
     p.add_argument("--before", default="", help="another checkout (e.g. main) whose build_encoder is timed too")
     p.add_argument("--json", default="")
     args = p.parse_args()
-    result = {"imports": import_times(args.repeats), "pipeline_heaviest": heaviest_imports()}
-    print(table("import (fresh interpreter, median)", result["imports"]) + "\n")
-    print(table("import vpclib.pipeline: heaviest top-level imports (cumulative)", dict(result["pipeline_heaviest"])))
+    result = {}
+    if not args.only_build:
+        result = {"imports": import_times(args.repeats), "pipeline_heaviest": heaviest_imports()}
+        print(table("import (fresh interpreter, median)", result["imports"]) + "\n")
+        print(table("import vpclib.pipeline: heaviest top-level imports (cumulative)", dict(result["pipeline_heaviest"])))
     with tempfile.TemporaryDirectory() as tmp:
         binary, safetensors = write_checkpoints(Path(tmp))
         result["checkpoint_mb"] = os.path.getsize(binary) / 1e6
-        for name, code in (("old path", OLD_PATH), ("new path", NEW_PATH)):
+        for name, code in () if args.only_build else (("old path", OLD_PATH), ("new path", NEW_PATH)):
             parts = [run_python(code.format(ckpt=binary, device=args.device)) for _ in range(args.repeats)]
             result[name] = {k: median([x[k] for x in parts]) for k in parts[0]}
             print("\n" + table(f"{name}, .bin checkpoint ({result['checkpoint_mb']:.0f} MB), {args.device}", result[name]))
@@ -144,9 +151,10 @@ def main():
             for label, ckpt in ((".bin", binary), (".safetensors", safetensors), ("random", "random")):
                 runs = [run_python(BUILD.format(ckpt=ckpt, device=args.device), root) for _ in range(args.repeats)]
                 result["build_encoder"][f"{where}, {label}"] = {k: median([x[k] for x in runs]) for k in runs[0]}
-        print("\n| build_encoder(clip_rn101), " + args.device + " | import vpclib.encoder s | build_encoder s |\n|---|---|---|")
+        print("\n| build_encoder(clip_rn101), " + args.device + " | import vpclib.encoder s | then import open_clip s "
+              "| then build_encoder s |\n|---|---|---|---|")
         for label, r in result["build_encoder"].items():
-            print(f"| {label} | {r['import vpclib.encoder']:.2f} | {r['build_encoder']:.2f} |")
+            print(f"| {label} | {r['import vpclib.encoder']:.2f} | {r['import open_clip']:.2f} | {r['build_encoder']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
