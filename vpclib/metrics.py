@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC of per-frame scores; NaN when the labels hold one class only."""
+    from sklearn.metrics import roc_auc_score                               # 1 s to import: only when scoring
     labels = np.asarray(labels)
     if labels.min() == labels.max():
         return float("nan")
