@@ -11,18 +11,7 @@ import torch
 from vpclib.config import from_dict
 from vpclib.encoder import FusedStages, build_encoder, check_folded, fold_batchnorm, load_timm
 from vpclib.errors import ConfigError
-
-
-def _randomise_batchnorms(module: torch.nn.Module, seed: int) -> None:
-    """Random BatchNorm statistics and affine terms (fresh models have mean 0, var 1: folding them is trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = 0.5 + torch.rand(c, generator=g)
-            m.bias.data = 0.1 * torch.randn(c, generator=g)
-            m.running_mean.data = 0.1 * torch.randn(c, generator=g)
-            m.running_var.data = 0.5 + torch.rand(c, generator=g)
+from test_encoder import _randomise_batchnorms  # noqa: E402  (one helper for both encoder test files)
 
 
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
