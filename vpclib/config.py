@@ -33,6 +33,7 @@ PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi", "e
                        "efficientnet-lite2-pypi", "efficientnet-lite0-pypi-timm-legacy")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+COCO_KEPT_CLASSES = (0, 1, 2, 3, 7)   # person, bicycle, car, motorcycle, truck: objects.classes' default
 
 
 @dataclass
@@ -69,7 +70,7 @@ class ObjectsConfig:
     boxes_file: str = ""                 # detector "boxes": a CSV of your own detections
     boxes_final: bool = False            # the CSV's boxes are final (already grown, squared, clipped)
     boxes_drop_invalid: bool = False     # leave invalid CSV rows out (counted) instead of failing
-    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 7])  # COCO person, bicycle, car, motorcycle, truck
+    classes: list[int] = field(default_factory=lambda: list(COCO_KEPT_CLASSES))
     train_confidence: float = 0.7
     test_confidence: float = 0.6
     box_growth: float = 1.0              # factor f of METHOD.md §2
