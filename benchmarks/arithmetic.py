@@ -23,7 +23,7 @@ import numpy as np
 
 from vpclib import pipeline
 from vpclib.config import load_params
-from vpclib.memory import STREAMS
+from vpclib.memory import MEMORIES
 
 ARITHMETICS = ("reference", "exact")
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print(f"\n{args.params} on {args.data_root or 'its data.root'}: exact against reference, per test frame")
     print("| stream | max diff / max | median relative diff | AUC reference | AUC exact |")
     print("|---|---|---|---|---|")
-    for stream in (*STREAMS, "final_oracle", "final_labelfree"):
+    for stream in (*MEMORIES, "final_oracle", "final_labelfree"):
         worst, median = relative_difference(ref[stream], exact[stream])
         key = {"final_oracle": "auc_micro_oracle", "final_labelfree": "auc_micro_labelfree"}.get(stream)
         aucs = [runs[a]["metrics"]["auc_stream"][stream] if key is None else runs[a]["metrics"][key] for a in ARITHMETICS]

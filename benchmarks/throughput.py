@@ -53,11 +53,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vpclib import pipeline, reference                                      # noqa: E402
+from vpclib import engine, pipeline, reference                              # noqa: E402
 from vpclib.config import load_params                                       # noqa: E402
 from vpclib.datasets import load_interval_mat, load_npy_mask, natural_sort  # noqa: E402
 from vpclib.encoder import build_encoder, resolve_device                    # noqa: E402
-from vpclib.memory import STREAMS                                           # noqa: E402
+from vpclib.memory import MEMORIES                                           # noqa: E402
 from vpclib.objects import middle_frame_offset                              # noqa: E402
 from vpclib.store import WorkDir                                            # noqa: E402
 
@@ -386,7 +386,7 @@ def decode_only(videos, workers: int) -> float:
 
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="avenue")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -406,140 +406,183 @@ def main(argv=None):
                     help="measure the encoder's pure fp16 forward (default: on CUDA)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over the first test video, top operators")
     ap.add_argument("--json", default=None, help="also write every number to this file")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def settings(args) -> argparse.Namespace:
+    """The device and the defaults that follow from it (CPU: small, CUDA: the real sizes)."""
     device = resolve_device(args.device)
     cuda = device.startswith("cuda")
-    cpu_defaults = not cuda
-    max_frames = args.max_frames if args.max_frames is not None else (20 if cpu_defaults else 0)
-    n_train = args.train_videos or (1 if cpu_defaults else 4)
-    backbone = args.backbone or ("timm:resnet18" if cpu_defaults else "clip_rn101")
-    batch = args.batch_size or (32 if cpu_defaults else 256)
     params = ROOT / "params" / f"{args.dataset}.yaml"
-    t = load_params(params, **{"data.root": "-"}).method.clip_length
+    return argparse.Namespace(
+        device=device, cuda=cuda, params=params,
+        max_frames=args.max_frames if args.max_frames is not None else (0 if cuda else 20),
+        n_train=args.train_videos or (4 if cuda else 1),
+        backbone=args.backbone or ("clip_rn101" if cuda else "timm:resnet18"),
+        batch=args.batch_size or (256 if cuda else 32),
+        t=load_params(params, **{"data.root": "-"}).method.clip_length)
 
-    print(f"== {args.dataset}: device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if cuda else f" ({os.cpu_count()} cores)"), flush=True)
-    tag = f"{args.dataset}-n{args.limit_videos or 'all'}-f{max_frames or 'all'}-tr{n_train}"
+
+def prepare(args, s):
+    """The stand-in data (written or checked), its config, a fresh work directory, the timed encoder
+    (warmed up outside every stage) and both splits' videos."""
+    print(f"== {args.dataset}: device {s.device}"
+          + (f" ({torch.cuda.get_device_name()})" if s.cuda else f" ({os.cpu_count()} cores)"), flush=True)
+    tag = f"{args.dataset}-n{args.limit_videos or 'all'}-f{s.max_frames or 'all'}-tr{s.n_train}"
     data = Path(args.data_dir).expanduser() / tag
     t0 = time.perf_counter()
-    make_standin(data, args.dataset, t, args.limit_videos, max_frames, n_train)
+    make_standin(data, args.dataset, s.t, args.limit_videos, s.max_frames, s.n_train)
     print(f"stand-in data: {data} ({time.perf_counter() - t0:.0f} s to write or check)", flush=True)
-
-    cfg = load_params(params, **{
+    cfg = load_params(s.params, **{
         "data.name": f"{args.dataset}-standin", "data.layout": "folder", "data.root": str(data),
         "objects.detector": "boxes", "objects.boxes_file": str(data / "boxes.csv"),
-        "encoder.backbone": backbone, "encoder.pretrained": "random", "encoder.batch_size": batch,
-        "device": device})
-    work_root = data / f"work-{os.getpid()}"
-    work = WorkDir(work_root, overwrite=True)
-    ram = RamSampler()
-    encoder = TimedEncoder(build_encoder(cfg, device))
-    test = pipeline.load_videos(cfg, work, "test")
-    train = pipeline.load_videos(cfg, work, "train")
-    n_test_frames = sum(v.n_frames for v in test)
-    n_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * t for v in test)
-    n_naive = min(args.naive_videos or (2 if cuda else len(test)), len(test))
-    naive_videos = test[:n_naive]
-    naive_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * t for v in naive_videos)
-    print(f"{len(test)} test videos, {n_test_frames:,} frames ({n_scored:,} in clips); {len(train)} training "
-          f"videos, {sum(v.n_frames for v in train):,} frames; encoder {backbone} "
-          f"({'fp16' if encoder.inner.fp16 else 'fp32'}), batch {batch}, T={t}, "
-          f"crops {cfg.objects.crop_size}", flush=True)
-
+        "encoder.backbone": s.backbone, "encoder.pretrained": "random", "encoder.batch_size": s.batch,
+        "device": s.device})
+    work = WorkDir(data / f"work-{os.getpid()}", overwrite=True)
+    encoder = TimedEncoder(build_encoder(cfg, s.device))
+    videos = {split: pipeline.load_videos(cfg, work, split) for split in pipeline.SPLITS}
     # warm-up: one small chunk through the encoder (cuDNN handles, kernels), outside every stage
     with torch.inference_mode():
-        pipeline.encode(encoder, torch.zeros(2, 224, 224, 3, device=device), cfg.encoder.preprocessing, batch,
-                        lambda m, d: m.mean((1, 2, 3)))
+        engine.encode(encoder, torch.zeros(2, 224, 224, 3, device=s.device), cfg.encoder.preprocessing, s.batch,
+                      lambda m, d: m.mean((1, 2, 3)))
     encoder.take()
+    return cfg, work, encoder, videos
 
-    for split in pipeline.SPLITS:
-        pipeline.detect_objects(cfg, work, split)                            # cached boxes (the CSV), not timed
-    n_objects = sum(len(b) for clips in pipeline.detect_objects(cfg, work, "test").values() for b in clips)
-    print(f"objects on the test set: {n_objects:,} ({n_objects / max(1, n_scored // t):.1f} per clip)", flush=True)
 
+def measure_pipeline(args, s, cfg, work, encoder, videos, boxes, ram) -> dict:
+    """The pipeline's stages, timed: the training features and memories, then the test features
+    and their scores against the memory tiled to the real training set's size."""
+    test, train = videos["test"], videos["train"]
+    n_test_frames = sum(v.n_frames for v in test)
+    n_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * s.t for v in test)
     with Stage("memory (train): features + coresets", sum(v.n_frames for v in train), encoder, ram,
                f"{len(train)} stand-in training videos"):
-        pipeline.extract_features(cfg, work, "train", encoder=encoder)
-        banks = pipeline.build_memories(cfg, work)
-    bank_videos = args.bank_videos or (DATASETS[args.dataset]["train"][0] if cuda else n_train)
-    bank_vectors = {s: tile_bank(b.vectors, bank_videos / n_train) for s, b in banks.items()}
-    sizes = ", ".join(f"{s} {v.shape[0]:,} x {v.shape[1]}" for s, v in bank_vectors.items())
-    print(f"memory: {sizes}" + (f" (coresets of {n_train} videos tiled, with jitter, to the size of "
-                                f"{bank_videos} training videos)" if bank_videos != n_train else ""), flush=True)
+        train_path = pipeline.extract_features(cfg, work, "train", train, boxes["train"], encoder=encoder)
+        banks = pipeline.build_memories(cfg, work, train, train_path)
+    bank_videos = args.bank_videos or (DATASETS[args.dataset]["train"][0] if s.cuda else s.n_train)
+    bank_vectors = {m: tile_bank(b.vectors, bank_videos / s.n_train) for m, b in banks.items()}
+    sizes = ", ".join(f"{m} {v.shape[0]:,} x {v.shape[1]}" for m, v in bank_vectors.items())
+    print(f"memory: {sizes}" + (f" (coresets of {s.n_train} videos tiled, with jitter, to the size of "
+                                f"{bank_videos} training videos)" if bank_videos != s.n_train else ""), flush=True)
 
     with Stage("test features: crop + encode + features", n_test_frames, encoder, ram, "pipeline, all test videos") as st_f:
-        path = pipeline.extract_features(cfg, work, "test", encoder=encoder)
+        path = pipeline.extract_features(cfg, work, "test", test, boxes["test"], encoder=encoder)
     with Stage("test scoring", n_scored, encoder, ram, "pipeline, all test videos") as st_s:
-        on_device = {s: torch.as_tensor(v, device=device) for s, v in bank_vectors.items()}  # uploaded once
+        on_device = {m: torch.as_tensor(v, device=s.device) for m, v in bank_vectors.items()}  # uploaded once
         fast = pipeline.frame_table(cfg, LazyFeatures(path), on_device)
-    fast_wall = st_f.row["wall_s"] + st_s.row["wall_s"]
-    Stage.rows.append(dict(st_f.row, stage="**test set end to end (pipeline)**", wall_s=fast_wall,
+    wall = st_f.row["wall_s"] + st_s.row["wall_s"]
+    Stage.rows.append(dict(st_f.row, stage="**test set end to end (pipeline)**", wall_s=wall,
                            ram_gib=max(st_f.row["ram_gib"], st_s.row["ram_gib"]),
                            gpu_gib=max(st_f.row["gpu_gib"], st_s.row["gpu_gib"]), note="features + scoring"))
+    return dict(scores=fast, bank_vectors=bank_vectors, sizes=sizes, wall=wall, features_row=st_f.row,
+                per_frame=st_f.row["wall_s"] / n_test_frames + st_s.row["wall_s"] / n_scored,
+                n_test_frames=n_test_frames, n_scored=n_scored)
 
-    # the naive reference: the same boxes, the same encoder, the same memory
-    boxes = pipeline.detect_objects(cfg, work, "test")
+
+def measure_naive(args, s, cfg, work, encoder, videos, boxes, ram, fast: dict) -> dict:
+    """The naive reference on the first test videos, timed: the same boxes, encoder and memory;
+    extrapolated per frame to the whole test set."""
+    test = videos["test"]
+    n_naive = min(args.naive_videos or (2 if s.cuda else len(test)), len(test))
+    naive_videos = test[:n_naive]
+    naive_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * s.t for v in naive_videos)
     naive_frames = sum(v.n_frames for v in naive_videos)
     note = f"naive, {n_naive} of {len(test)} videos"
     with Stage("naive features: per-object reads + per-clip encoder", naive_frames, encoder, ram, note) as nv_f:
-        ref_path = reference.extract_features(naive_videos, boxes, encoder, cfg, work.path("naive-test.h5"))
+        ref_path = reference.extract_features(naive_videos, boxes["test"], encoder, cfg, work.path("naive-test.h5"))
     with Stage("naive scoring: loop kNN", naive_scored, encoder, ram, note) as nv_s:
-        slow = reference.frame_scores(ref_path, bank_vectors, cfg, device)
-    naive_wall = nv_f.row["wall_s"] + nv_s.row["wall_s"]
-    Stage.rows.append(dict(nv_f.row, stage="**naive end to end**", wall_s=naive_wall,
+        slow = reference.frame_scores(ref_path, fast["bank_vectors"], cfg, s.device)
+    Stage.rows.append(dict(nv_f.row, stage="**naive end to end**", wall_s=nv_f.row["wall_s"] + nv_s.row["wall_s"],
                            ram_gib=max(nv_f.row["ram_gib"], nv_s.row["ram_gib"]),
                            gpu_gib=max(nv_f.row["gpu_gib"], nv_s.row["gpu_gib"]), note=note + ", measured"))
-    naive_per_frame = nv_f.row["wall_s"] / naive_frames + nv_s.row["wall_s"] / naive_scored
-    fast_per_frame = st_f.row["wall_s"] / n_test_frames + st_s.row["wall_s"] / n_scored
     if n_naive < len(test):
-        est = nv_f.row["wall_s"] / naive_frames * n_test_frames + nv_s.row["wall_s"] / naive_scored * n_scored
-        Stage.rows.append(dict(frames=n_test_frames, wall_s=est, images=0, encoder_s=0, ram_gib=float("nan"),
+        est = (nv_f.row["wall_s"] / naive_frames * fast["n_test_frames"]
+               + nv_s.row["wall_s"] / naive_scored * fast["n_scored"])
+        Stage.rows.append(dict(frames=fast["n_test_frames"], wall_s=est, images=0, encoder_s=0, ram_gib=float("nan"),
                                ram_first_half_gib=float("nan"), ram_second_half_gib=float("nan"), gpu_gib=float("nan"),
                                stage="naive end to end, all videos (EXTRAPOLATED)",
                                note=f"per-frame times of the {n_naive} measured videos x all frames"))
+    return dict(scores=slow, n_scored=naive_scored,
+                per_frame=nv_f.row["wall_s"] / naive_frames + nv_s.row["wall_s"] / naive_scored)
 
-    # the two paths agree (fp16 on CUDA: up to fp16 rounding; fp32: ~1e-6)
+
+def agreement(fast: dict, naive: dict) -> dict[str, float]:
+    """max |pipeline - naive| / max |naive| per memory on the naive videos (fp16 on CUDA: up to fp16
+    rounding; fp32: ~1e-6)."""
     agree = {}
-    for s in STREAMS:
-        a, b = fast[s][:naive_scored], slow[s]
-        agree[s] = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
-    print("\n" + table(Stage.rows))
-    print(f"\nmax |pipeline - naive| / max |naive| per stream on the naive videos: "
-          + ", ".join(f"{s} {v:.1e}" for s, v in agree.items()))
+    for m in MEMORIES:
+        a, b = fast["scores"][m][:naive["n_scored"]], naive["scores"][m]
+        agree[m] = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+    return agree
 
-    result = dict(dataset=args.dataset, device=device, gpu=torch.cuda.get_device_name() if cuda else None,
-                  backbone=backbone, batch=batch, n_test_videos=len(test), n_test_frames=n_test_frames,
-                  n_objects=n_objects, memory=sizes, stages=Stage.rows, agreement=agree)
-    if cuda:
+
+def measure_cuda_extras(args, s, cfg, videos, features_row: dict) -> dict:
+    """CUDA only: decoding alone, the encoder's floor (pure fp16 forward) and its variants."""
+    out = {}
+    test = videos["test"]
+    if s.cuda:
         n_decode = decode_only(test[: max(1, len(test) // 4)], min(16, os.cpu_count() or 1))
         print(f"decode only (cv2.imread, {min(16, os.cpu_count() or 1)} threads): {n_decode:,.0f} frames/s")
-        result["decode_frames_per_s"] = n_decode
-    if args.floor if args.floor is not None else cuda:
-        floor = encoder_floor(build_encoder(cfg, device).stages)
+        out["decode_frames_per_s"] = n_decode
+    if args.floor if args.floor is not None else s.cuda:
+        floor = encoder_floor(build_encoder(cfg, s.device).stages)
         best = max(floor, key=lambda r: r["images_per_s"])
         print("encoder floor (pure fp16 channels-last forward, random input): "
               + ", ".join(f"b{r['batch']}{'+cudnn.benchmark' if r['cudnn_benchmark'] else ''} "
                           f"{r['images_per_s']:,.0f}/s" for r in floor))
         print(f"  {best['gflop_per_image']:.2f} GFLOP per image; best {best['images_per_s']:,.0f} images/s = "
               f"{best['tflops']:.0f} TFLOP/s; the test-features stage ran the encoder at "
-              f"{st_f.row['images'] / st_f.row['encoder_s']:,.0f} images/s in-encoder and "
-              f"{st_f.row['images'] / st_f.row['wall_s']:,.0f} images/s of wall time "
-              f"({100 * st_f.row['images'] / st_f.row['wall_s'] / best['images_per_s']:.0f} % of the floor)")
-        result["floor"] = floor
-        variants = encoder_variants(cfg, device)
+              f"{features_row['images'] / features_row['encoder_s']:,.0f} images/s in-encoder and "
+              f"{features_row['images'] / features_row['wall_s']:,.0f} images/s of wall time "
+              f"({100 * features_row['images'] / features_row['wall_s'] / best['images_per_s']:.0f} % of the floor)")
+        out["floor"] = floor
+        variants = encoder_variants(cfg, s.device)
         print(f"encoder variants at batch 256 (images/s): " + "; ".join(f"{k} {v:,.0f}" for k, v in variants))
-        result["variants"] = variants
-    if args.profile and cuda:
-        profile_video(cfg, test[0], boxes[test[0].name], encoder.inner)
+        out["variants"] = variants
+    return out
+
+
+def main(argv=None):
+    # 1. settings and the stand-in data
+    args = parse_args(argv)
+    s = settings(args)
+    cfg, work, encoder, videos = prepare(args, s)
+    test, train = videos["test"], videos["train"]
+    n_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * s.t for v in test)
+    print(f"{len(test)} test videos, {sum(v.n_frames for v in test):,} frames ({n_scored:,} in clips); {len(train)} "
+          f"training videos, {sum(v.n_frames for v in train):,} frames; encoder {s.backbone} "
+          f"({'fp16' if encoder.inner.fp16 else 'fp32'}), batch {s.batch}, T={s.t}, "
+          f"crops {cfg.objects.crop_size}", flush=True)
+
+    # 2. objects: the boxes CSV (cached, not timed)
+    boxes = {split: pipeline.detect_objects(cfg, work, split, videos[split]) for split in pipeline.SPLITS}
+    n_objects = sum(len(b) for clips in boxes["test"].values() for b in clips)
+    print(f"objects on the test set: {n_objects:,} ({n_objects / max(1, n_scored // s.t):.1f} per clip)", flush=True)
+
+    # 3. the pipeline, then 4. the naive reference, timed; 5. do they agree
+    ram = RamSampler()
+    fast = measure_pipeline(args, s, cfg, work, encoder, videos, boxes, ram)
+    naive = measure_naive(args, s, cfg, work, encoder, videos, boxes, ram, fast)
+    agree = agreement(fast, naive)
+    print("\n" + table(Stage.rows))
+    print(f"\nmax |pipeline - naive| / max |naive| per stream on the naive videos: "
+          + ", ".join(f"{m} {v:.1e}" for m, v in agree.items()))
+
+    # 6. CUDA extras, the report
+    result = dict(dataset=args.dataset, device=s.device, gpu=torch.cuda.get_device_name() if s.cuda else None,
+                  backbone=s.backbone, batch=s.batch, n_test_videos=len(test), n_test_frames=fast["n_test_frames"],
+                  n_objects=n_objects, memory=fast["sizes"], stages=Stage.rows, agreement=agree)
+    result |= measure_cuda_extras(args, s, cfg, videos, fast["features_row"])
+    if args.profile and s.cuda:
+        profile_video(cfg, test[0], boxes["test"][test[0].name], encoder.inner)
     authors = AUTHORS[args.dataset]
-    if args.limit_videos is None and not max_frames:
+    if args.limit_videos is None and not s.max_frames:
         print(f"authors (RTX 3090 Ti, real data): crop {authors['crop']} s + scoring {authors['score']} s; "
-              f"here end to end {fast_wall:.1f} s (crop + encode + features + scoring)")
+              f"here end to end {fast['wall']:.1f} s (crop + encode + features + scoring)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
-    shutil.rmtree(work_root, ignore_errors=True)
-    print(f"speedup_vs_naive: {naive_per_frame / fast_per_frame:.1f}")
+    shutil.rmtree(work.root, ignore_errors=True)
+    print(f"speedup_vs_naive: {naive['per_frame'] / fast['per_frame']:.1f}")
 
 
 def profile_video(cfg, video, boxes, encoder):
@@ -547,7 +590,7 @@ def profile_video(cfg, video, boxes, encoder):
     from torch.profiler import ProfilerActivity, profile
     starts = pipeline.video_clip_starts(cfg, video)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        pipeline.video_features(video, starts, boxes, encoder, cfg)
+        engine.video_features(video, starts, boxes, encoder, cfg)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=80))
 

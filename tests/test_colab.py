@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vpclib import notebooks
+from vpclib import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "https://github.com/ORG/vpc"
@@ -32,19 +32,19 @@ def script_repo(text: str) -> str:
 
 def test_one_address_and_every_consumer_agrees():
     url = pyproject_url()
-    assert notebooks.repository_url() == url
+    assert runner.repository_url() == url
     setup = (ROOT / "notebooks/colab_setup.py").read_text()
     assert script_repo(setup) == url
     assert url != PLACEHOLDER or "PLACEHOLDER" in setup                     # a placeholder says it is one
-    for name in notebooks.NOTEBOOKS:                                         # the first cell IS the script
+    for name in runner.NOTEBOOKS:                                         # the first cell IS the script
         first = nbformat.read(str(ROOT / f"notebooks/{name}.ipynb"), as_version=4).cells[0]
         assert first.cell_type == "code" and first.source == setup.rstrip("\n"), (
             f"{name}: first cell differs from notebooks/colab_setup.py; run python -m vpclib.notebooks colab")
         assert first.outputs == []
     readme = (ROOT / "README.md").read_text()
     badges = re.findall(r"\(https://colab\.research\.google\.com/github/[^)]*\)", readme)
-    assert sorted(badges) == sorted(f"({notebooks.colab_url(n)})" for n in notebooks.NOTEBOOKS)
-    assert notebooks.colab_url("00_data", url).startswith("https://colab.research.google.com/github/")
+    assert sorted(badges) == sorted(f"({runner.colab_url(n)})" for n in runner.NOTEBOOKS)
+    assert runner.colab_url("00_data", url).startswith("https://colab.research.google.com/github/")
 
 
 def test_sync_writes_a_new_address_into_every_consumer(tmp_path):
@@ -54,14 +54,14 @@ def test_sync_writes_a_new_address_into_every_consumer(tmp_path):
     text = (tmp_path / "pyproject.toml").read_text().replace(f'Repository = "{PLACEHOLDER}"',
                                                              'Repository = "https://github.com/someone/vpc-demo"')
     (tmp_path / "pyproject.toml").write_text(text)
-    changed = notebooks.sync_colab(tmp_path)
+    changed = runner.sync_colab(tmp_path)
     assert "README.md" in changed and "notebooks/colab_setup.py" in changed
     assert script_repo((tmp_path / "notebooks/colab_setup.py").read_text()) == "https://github.com/someone/vpc-demo"
     first = nbformat.read(str(tmp_path / "notebooks/03_inference.ipynb"), as_version=4).cells[0]
     assert 'REPO = "https://github.com/someone/vpc-demo"' in first.source
     assert ("https://colab.research.google.com/github/someone/vpc-demo/blob/main/notebooks/04_visualization.ipynb"
             in (tmp_path / "README.md").read_text())
-    assert notebooks.sync_colab(tmp_path) == []                              # nothing left to change
+    assert runner.sync_colab(tmp_path) == []                              # nothing left to change
 
 
 def _run_cell(source: str, cwd, env=None, python=sys.executable, isolated=True):
@@ -73,20 +73,20 @@ def _run_cell(source: str, cwd, env=None, python=sys.executable, isolated=True):
 
 
 def test_setup_cell_does_nothing_where_vpclib_is_importable(tmp_path):
-    source = notebooks.setup_cell_source()
+    source = runner.setup_cell_source()
     done = _run_cell(source + "\nimport os; print(os.getcwd())", tmp_path, {"PYTHONPATH": str(ROOT)}, isolated=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{tmp_path}\n" and done.stderr == ""             # no output, the folder unchanged
 
 
 def test_setup_cell_outside_colab_says_how_to_install(tmp_path):
-    done = _run_cell(notebooks.setup_cell_source(), ROOT / "notebooks")
+    done = _run_cell(runner.setup_cell_source(), ROOT / "notebooks")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "vpclib setup: vpclib is not installed" in done.stderr and f"pip install -e '{ROOT}[notebooks]'" in done.stderr
 
 
 def test_setup_cell_stops_clearly_when_the_address_is_a_placeholder(tmp_path):
-    done = _run_cell(notebooks.setup_cell_source(repo=PLACEHOLDER), tmp_path,
+    done = _run_cell(runner.setup_cell_source(repo=PLACEHOLDER), tmp_path,
                      {"COLAB_RELEASE_TAG": "test", "VPC_HOME": str(tmp_path / "vpc")})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "the repository's address is not set (REPO in this cell is a placeholder)" in done.stderr
@@ -95,7 +95,7 @@ def test_setup_cell_stops_clearly_when_the_address_is_a_placeholder(tmp_path):
 
 def test_setup_cell_stops_clearly_when_the_repository_is_unreachable(tmp_path):
     missing = (tmp_path / "nowhere.git").as_uri()
-    done = _run_cell(notebooks.setup_cell_source(repo=missing), tmp_path,
+    done = _run_cell(runner.setup_cell_source(repo=missing), tmp_path,
                      {"COLAB_RELEASE_TAG": "test", "VPC_HOME": str(tmp_path / "vpc")})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"cannot reach the repository {missing}" in done.stderr and "Check REPO in this cell" in done.stderr
@@ -154,11 +154,11 @@ def test_fresh_runtime_installs_vpclib_then_00_data_runs(tmp_path, source):
     assert probe.returncode != 0 and "No module named 'vpclib'" in probe.stderr
     repo = _working_tree(tmp_path / "repo")
     if source == "git clone":
-        cell = notebooks.setup_cell_source(repo=repo.as_uri())
+        cell = runner.setup_cell_source(repo=repo.as_uri())
     else:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                         str(repo), "-w", str(content)], check=True, capture_output=True)
-        cell = notebooks.setup_cell_source()                                 # the placeholder address
+        cell = runner.setup_cell_source()                                 # the placeholder address
     program = cell + "\n" + _first_cells_of_00_data(6) + "\nimport vpclib, os; print('from', vpclib.__file__, 'in', os.getcwd())"
     done = _run_cell(program, content, {**FRESH_ENV, "VPC_HOME": str(content / "vpc")}, python=python, isolated=False)
     assert done.returncode == 0, done.stdout + done.stderr

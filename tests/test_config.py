@@ -319,7 +319,7 @@ def test_cli_set_reaches_every_notebook(tiny_params, tmp_path, monkeypatch, caps
     notebooks run in notebooks/)."""
     papermill = pytest.importorskip("papermill")
     from vpclib.cli import main as vpc
-    from vpclib.notebooks import NOTEBOOKS
+    from vpclib.runner import NOTEBOOKS
     calls = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **k: calls.append(
         (Path(src).stem, parameters)))

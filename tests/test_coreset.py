@@ -9,7 +9,7 @@ import torch
 from sklearn.random_projection import SparseRandomProjection
 
 from vpclib.coreset import coreset_size, greedy_coreset, random_projection
-from vpclib.memory import STREAMS, Bank, build_bank, load_memory, save_memory
+from vpclib.memory import MEMORIES, Memory, build_memory, load_memory, save_memory
 
 
 def brute_force_kcenter(x: np.ndarray, n_select: int) -> list[int]:
@@ -99,7 +99,7 @@ def test_random_projection_unchanged_when_jl_dim_not_smaller(rng):
 
 def test_build_bank_per_video_coreset_then_concat(rng):
     per_video = [rng.normal(size=(20, 3)), rng.normal(size=(7, 3)), np.zeros((0, 3)), rng.normal(size=(13, 3))]
-    bank = build_bank(per_video, ratio=0.2)
+    bank = build_memory(per_video, ratio=0.2)
     # l = int(0.2 * N): 4, int(1.4) = 1, (empty video skipped), int(2.6) = 2
     expected = [per_video[0][brute_force_kcenter(per_video[0], 4)],
                 per_video[1][brute_force_kcenter(per_video[1], 1)],
@@ -120,13 +120,13 @@ def test_build_bank_per_video_coreset_then_concat(rng):
 def test_build_bank_not_a_global_coreset(rng):
     """Per-video selection differs from one coreset over all vectors: each video keeps its index 0."""
     a, b = rng.normal(size=(10, 2)), rng.normal(size=(10, 2)) + 100
-    bank = build_bank([a, b], ratio=0.1)
+    bank = build_memory([a, b], ratio=0.1)
     np.testing.assert_allclose(bank.vectors, np.stack([a[0], b[0]]), rtol=1e-6)
 
 
 def test_build_bank_with_projection(rng):
     x = rng.normal(size=(100, 300)).astype(np.float32)
-    bank = build_bank([x], ratio=0.1, projection=True, projection_eps=0.9)
+    bank = build_memory([x], ratio=0.1, projection=True, projection_eps=0.9)
     projected = SparseRandomProjection(eps=0.9, random_state=0).fit(x).transform(x)
     projected = projected.toarray() if hasattr(projected, "toarray") else projected
     expected = brute_force_kcenter(projected.astype(np.float64), 10)
@@ -135,22 +135,22 @@ def test_build_bank_with_projection(rng):
 
 def test_build_bank_all_empty():
     with pytest.raises(ValueError):
-        build_bank([np.zeros((0, 4))], 0.5)
+        build_memory([np.zeros((0, 4))], 0.5)
 
 
 def test_memory_npz_roundtrip(tmp_path, rng):
-    banks = {name: Bank(rng.normal(size=(n, d)).astype(np.float32), np.arange(n, dtype=np.int32) % 3,
+    banks = {name: Memory(rng.normal(size=(n, d)).astype(np.float32), np.arange(n, dtype=np.int32) % 3,
                         np.arange(n, dtype=np.int64)[::-1].copy())
-             for name, n, d in zip(STREAMS, (11, 5, 7), (4, 4, 9))}
+             for name, n, d in zip(MEMORIES, (11, 5, 7), (4, 4, 9))}
     path = tmp_path / "memory.npz"
     save_memory(path, banks)
     with zipfile.ZipFile(path) as z:
-        assert sorted(z.namelist()) == sorted(f"{s}_{k}.npy" for s in STREAMS for k in ("vectors", "video", "row"))
+        assert sorted(z.namelist()) == sorted(f"{s}_{k}.npy" for s in MEMORIES for k in ("vectors", "video", "row"))
     with np.load(path, allow_pickle=False) as z:                           # no object arrays inside
         assert all(z[k].dtype != object for k in z.files)
     loaded = load_memory(path)
-    assert set(loaded) == set(STREAMS)
-    for name in STREAMS:
+    assert set(loaded) == set(MEMORIES)
+    for name in MEMORIES:
         np.testing.assert_array_equal(loaded[name].vectors, banks[name].vectors)
         np.testing.assert_array_equal(loaded[name].video, banks[name].video)
         np.testing.assert_array_equal(loaded[name].row, banks[name].row)

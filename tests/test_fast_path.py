@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from vpclib import pipeline, reference
+from vpclib import engine, pipeline, reference
 from vpclib.config import from_dict
 from vpclib.encoder import build_encoder
-from vpclib.memory import STREAMS
+from vpclib.memory import MEMORIES
 from vpclib.objects import middle_frame_offset
 from vpclib.store import WorkDir
 
@@ -99,9 +99,11 @@ def test_pipeline_matches_reference(dataset, tmp_path, device, arithmetic, monke
     encoder = build_encoder(cfg, device)
 
     # the pipeline: batched features -> memory -> scores
-    for split in pipeline.SPLITS:
-        pipeline.extract_features(cfg, work, split, encoder=encoder)
-    banks = pipeline.build_memories(cfg, work)
+    videos = {split: pipeline.load_videos(cfg, work, split) for split in pipeline.SPLITS}
+    paths = {split: pipeline.extract_features(cfg, work, split, videos[split],
+                                              pipeline.detect_objects(cfg, work, split, videos[split]), encoder=encoder)
+             for split in pipeline.SPLITS}
+    banks = pipeline.build_memories(cfg, work, videos["train"], paths["train"])
     test = pipeline.read_features(work.path("features/test.h5"))
     fast = pipeline.frame_table(cfg, test, {s: b.vectors for s, b in banks.items()})
 
@@ -114,12 +116,12 @@ def test_pipeline_matches_reference(dataset, tmp_path, device, arithmetic, monke
     ref_banks = reference.build_memories(ref["train"], cfg, device)
     slow = reference.frame_scores(ref["test"], {s: b.vectors for s, b in ref_banks.items()}, cfg, device)
 
-    for s in STREAMS:
+    for s in MEMORIES:
         np.testing.assert_allclose(ref_banks[s].vectors, banks[s].vectors, rtol=RTOL, atol=1e-5 * np.abs(banks[s].vectors).max())
     n_scored = sum(n // T * T for n in VIDEOS["testing"].values())
     assert len(fast["spatial"]) == n_scored
     assert (fast["spatial"] == 0).any() and (fast["spatial"] > 0).any()    # clips with and without objects
-    for s in STREAMS:
+    for s in MEMORIES:
         assert slow[s].shape == fast[s].shape
         np.testing.assert_allclose(fast[s], slow[s], rtol=RTOL, atol=0, err_msg=f"stream {s}")
 
@@ -144,11 +146,11 @@ def test_video_features_same_for_any_chunking_and_decoder(dataset, tmp_path, ari
     work = WorkDir(tmp_path / "work")
     encoder = build_encoder(cfg, "cpu")
     video = pipeline.load_videos(cfg, work, "test")[0]
-    boxes = pipeline.detect_objects(cfg, work, "test")[video.name]
+    boxes = pipeline.detect_objects(cfg, work, "test", pipeline.load_videos(cfg, work, "test"))[video.name]
     starts = pipeline.video_clip_starts(cfg, video)
-    whole = pipeline.video_features(video, starts, boxes, encoder, cfg, clips_per_chunk=len(starts))
+    whole = engine.video_features(video, starts, boxes, encoder, cfg, clips_per_chunk=len(starts))
     for chunk, source in [(1, video), (1, MemoryVideo(video))]:
-        part = pipeline.video_features(source, starts, boxes, encoder, cfg, clips_per_chunk=chunk)
+        part = engine.video_features(source, starts, boxes, encoder, cfg, clips_per_chunk=chunk)
         assert part.keys() == whole.keys()
         for k in whole:
             np.testing.assert_allclose(part[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -163,14 +165,14 @@ def test_clip_features_never_waits_for_the_gpu(dataset, tmp_path):
     work = WorkDir(tmp_path / "work")
     encoder = build_encoder(cfg, "cuda")
     video = pipeline.load_videos(cfg, work, "test")[0]
-    boxes = pipeline.detect_objects(cfg, work, "test")[video.name]
+    boxes = pipeline.detect_objects(cfg, work, "test", pipeline.load_videos(cfg, work, "test"))[video.name]
     n = len(pipeline.video_clip_starts(cfg, video))
     frames = torch.from_numpy(np.stack([f for _, f in video.iter_frames(range(n * T))])).cuda()
-    pipeline.clip_features(frames, boxes[:n], encoder, cfg)                 # warm-up (cuDNN, pinned pool)
+    engine.clip_features(frames, boxes[:n], encoder, cfg)                 # warm-up (cuDNN, pinned pool)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pipeline.clip_features(frames, boxes[:n], encoder, cfg)
+        engine.clip_features(frames, boxes[:n], encoder, cfg)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -192,7 +194,7 @@ def test_nearest_distances_in_bank_blocks(rng):
     bank = torch.as_tensor(rng.normal(size=(400, 6)), dtype=torch.float32)
     bank[250] = queries[3]                                                   # an exact match in a later block
     expected = torch.cdist(queries.double(), bank.double()).min(1).values.float()
-    for bank_chunk in (1 << 16, 333, 64, 7):
-        ours = nearest_distances(queries, bank, chunk=50, bank_chunk=bank_chunk)
+    for memory_chunk in (1 << 16, 333, 64, 7):
+        ours = nearest_distances(queries, bank, chunk=50, memory_chunk=memory_chunk)
         np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
         assert ours[3] == 0

@@ -89,7 +89,7 @@ def one_line_error(capsys) -> str:
 def forbid_recompute(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a cached stage was recomputed")
-    for name in ("detect_clip_objects", "video_features", "build_bank"):
+    for name in ("detect_clip_objects", "video_features", "build_memory"):
         monkeypatch.setattr(pipeline, name, fail)
 
 
@@ -543,10 +543,10 @@ def test_ctrl_c_then_resume(finished, tmp_path, capsys, monkeypatch):
 
 def test_notebooks_overwrite_passes_through(finished, tmp_path, monkeypatch):
     data, params, _ = finished
-    import vpclib.notebooks
+    import vpclib.runner
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda cfg, work_dir, overwrite=False: calls.append(("run", overwrite)))
-    monkeypatch.setattr(vpclib.notebooks, "run_notebooks", lambda *a, **k: calls.append(("notebooks", k["work_dir"])))
+    monkeypatch.setattr(vpclib.runner, "run_notebooks", lambda *a, **k: calls.append(("notebooks", k["work_dir"])))
     work = tmp_path / "w"
     assert vpc(["notebooks", str(params), "--data-root", str(data), "--work-dir", str(work), "--overwrite"]) == 0
     assert calls == [("run", True), ("notebooks", work)]

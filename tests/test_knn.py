@@ -32,11 +32,11 @@ RANKINGS = [None, torch.bfloat16]                                              #
 
 
 @pytest.mark.parametrize("dtype", RANKINGS)
-@pytest.mark.parametrize("bank_chunk", [1 << 18, 37])                          # one block; many blocks, merged
-def test_fast_equals_brute_force_on_random_data(rng, dtype, bank_chunk):
+@pytest.mark.parametrize("memory_chunk", [1 << 18, 37])                          # one block; many blocks, merged
+def test_fast_equals_brute_force_on_random_data(rng, dtype, memory_chunk):
     q = rng.normal(size=(200, 24)).astype(np.float32)
     m = rng.normal(size=(500, 24)).astype(np.float32)
-    distance, index = nearest_fast(as_t(q), as_t(m), candidates=16, bank_chunk=bank_chunk, dtype=dtype)
+    distance, index = nearest_fast(as_t(q), as_t(m), candidates=16, memory_chunk=memory_chunk, dtype=dtype)
     expected, expected_index = brute(q, m)
     np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(index.numpy(), expected_index)             # no ties in random data

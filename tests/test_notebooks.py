@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from vpclib import notebooks
+from vpclib import notebooks, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ def test_runner_stops_at_the_failing_cell_and_names_it(tmp_path, capsys):
     nbformat.write(_notebook("x = 1", "print('ok', x)"), str(source / "good.ipynb"))
     nbformat.write(_notebook("y = 2", "1 / 0", "print('never')"), str(source / "bad.ipynb"))
     nbformat.write(_notebook("print('after')"), str(source / "later.ipynb"))
-    with pytest.raises(notebooks.NotebookError) as err:
-        notebooks.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
+    with pytest.raises(runner.NotebookError) as err:
+        runner.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
                                 figures_dir=tmp_path / "figs", names=("good", "bad", "later"), source_dir=source)
     message = str(err.value)
     # cell 3: the parameters cell, papermill's injected parameters, then "y = 2", then "1 / 0"
@@ -52,7 +52,7 @@ def test_commit_outputs_drops_injected_parameters_and_keeps_outputs(tmp_path):
     nb.metadata["papermill"] = {"start_time": "now"}
     (tmp_path / "runs").mkdir()
     nbformat.write(nb, str(tmp_path / "runs/x.ipynb"))
-    notebooks.commit_outputs(tmp_path / "runs", tmp_path, names=("x",))
+    runner.commit_outputs(tmp_path / "runs", tmp_path, names=("x",))
     out = nbformat.read(str(tmp_path / "x.ipynb"), as_version=4)
     assert [c.source for c in out.cells] == ["PARAMS = ''\nWORK_DIR = ''", "print(1)"]
     assert out.cells[1].outputs[0]["text"] == "1\n" and out.cells[1].execution_count == 2
@@ -136,15 +136,15 @@ def test_extra_parameters_go_to_the_notebooks_that_declare_them(tmp_path, capsys
     source.mkdir()
     nbformat.write(_notebook("print('a', N)", parameters="PARAMS = ''\nN = 1"), str(source / "a.ipynb"))
     nbformat.write(_notebook("print('b')"), str(source / "b.ipynb"))
-    routed = notebooks.extra_parameters({"N": [3, 4]}, ("a", "b"), source)
+    routed = runner.extra_parameters({"N": [3, 4]}, ("a", "b"), source)
     assert routed == {"a": {"N": [3, 4]}, "b": {}}
-    with pytest.raises(notebooks.NotebookError, match="no notebook has a parameter M; they have: N"):
-        notebooks.extra_parameters({"M": 1}, ("a", "b"), source)
-    with pytest.raises(notebooks.NotebookError, match="--work-dir"):
-        notebooks.extra_parameters({"WORK_DIR": "x"}, ("a", "b"), source)
+    with pytest.raises(runner.NotebookError, match="no notebook has a parameter M; they have: N"):
+        runner.extra_parameters({"M": 1}, ("a", "b"), source)
+    with pytest.raises(runner.NotebookError, match="--work-dir"):
+        runner.extra_parameters({"WORK_DIR": "x"}, ("a", "b"), source)
     # executed: the value reaches the notebook, read as YAML by the command line
     assert cli._notebook_parameters([("N", "[3, 4]"), ("K", "0"), ("S", "text")]) == {"N": [3, 4], "K": 0, "S": "text"}
-    notebooks.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
+    runner.run_notebooks(ROOT / "params/synthetic.yaml", work_dir=tmp_path / "w", out_dir=tmp_path / "runs",
                             figures_dir=tmp_path / "figs", names=("a", "b"), source_dir=source,
                             extra=cli._notebook_parameters([("N", "[3, 4]")]))
     executed = nbformat.read(str(tmp_path / "runs/a.ipynb"), as_version=4)
@@ -171,7 +171,7 @@ def test_read_metrics_reads_back_metrics_json_of_the_same_config(tmp_path, monke
     cfg = load_params(ROOT / "params/synthetic.yaml")
     work = WorkDir(tmp_path)
     evaluated = []
-    monkeypatch.setattr(notebooks.pipeline, "evaluate", lambda c, w: evaluated.append(1) or {"from": "evaluate"})
+    monkeypatch.setattr(notebooks.pipeline, "evaluate_from", lambda c, w: evaluated.append(1) or {"from": "evaluate"})
     assert notebooks.read_metrics(cfg, work) == {"from": "evaluate"}          # nothing written yet
     write_json(work.path("metrics.json"), {"auc_micro_oracle": 0.5, "config": cfg.to_dict()})
     work.path("scores.csv").write_text("video,frame\n")
@@ -287,7 +287,7 @@ def test_the_five_notebooks_run_unchanged_with_the_papers_encoder(tmp_path):
     params = tmp_path / "tiny-clip.yaml"
     params.write_text(PAPER_ENCODER_PARAMS)
     work, runs, figs = tmp_path / "work", tmp_path / "runs", tmp_path / "figs"
-    notebooks.run_notebooks(params, work_dir=work, out_dir=runs, figures_dir=figs,
+    runner.run_notebooks(params, work_dir=work, out_dir=runs, figures_dir=figs,
                             extra={"ABLATION_RATIOS": [0.1, 0.5], "ABLATION_C": [32], "ABLATION_T": [4],
                                    "ABLATION_VIDEOS": 1})
     manifest = json.loads((work / "features/train.h5.params.json").read_text())["key"]
@@ -390,7 +390,7 @@ def _check_open_the_box_cells(runs, work):
         close([float(x) for x in listed[stream].split(", ")], [clip_scores[stream]] * 4)
     # 03: the fusion steps of those frames, written out from scores.csv and metrics.json
     result = json.loads((work / "metrics.json").read_text())
-    table = _outputs(nb, "table = notebooks.frame_table(scores_csv)")[0]
+    table = _outputs(nb, "table = notebooks.read_frame_table(scores_csv)")[0]
     printed = {r[0]: np.array([float(x) for x in r[1:]]) for r in markdown_rows(table)}
     s, t, h = (columns[k].astype(float) for k in ("spatial", "temporal", "highlevel"))
     vid = columns["video"]

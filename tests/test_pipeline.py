@@ -37,6 +37,17 @@ TINY = {
 }
 
 
+
+def detect(cfg, work, split):
+    """Stage 1 on a whole split, stage 0's videos passed in."""
+    return pipeline.detect_objects(cfg, work, split, pipeline.load_videos(cfg, work, split))
+
+
+def extract(cfg, work, split):
+    """Stage 2 on a whole split, stages 0 and 1 passed in."""
+    videos = pipeline.load_videos(cfg, work, split)
+    return pipeline.extract_features(cfg, work, split, videos, pipeline.detect_objects(cfg, work, split, videos))
+
 def tiny(**changes):
     raw = json.loads(json.dumps(TINY))
     for dotted, value in changes.items():
@@ -105,7 +116,7 @@ def test_second_run_reuses_every_artifact(tiny_run, monkeypatch):
         raise AssertionError("recomputed a cached stage")
     monkeypatch.setattr(pipeline, "detect_clip_objects", fail)
     monkeypatch.setattr(pipeline, "video_features", fail)
-    monkeypatch.setattr(pipeline, "build_bank", fail)
+    monkeypatch.setattr(pipeline, "build_memory", fail)
     again = pipeline.run(cfg, work)
     assert again["auc_micro_oracle"] == result["auc_micro_oracle"]
 
@@ -114,7 +125,7 @@ def test_cache_made_with_other_parameters_is_an_error(tiny_run, tmp_path):
     cfg, work, _ = tiny_run
     other = tiny(**{"method.channel_groups": 76})
     with pytest.raises(CacheMismatchError, match=r"features/train.h5.*method.channel_groups"):
-        pipeline.extract_features(other, WorkDir(work), "train")
+        extract(other, WorkDir(work), "train")
     # nothing was lost: the old artifact is still there and still reusable
     videos = pipeline.load_videos(cfg, WorkDir(work), "train")
     assert WorkDir(work).ready("features/train.h5", pipeline.keys.features_key(cfg, "train", videos))
@@ -134,12 +145,12 @@ def test_features_resume_after_an_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "video_features", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.extract_features(cfg, work, "train")
+        extract(cfg, work, "train")
     assert not work.path("features/train.h5").exists()
     assert work.path("features/train.h5.partial").exists()
     calls.clear()
     monkeypatch.setattr(pipeline, "video_features", lambda video, *a, **k: calls.append(video.name) or real(video, *a, **k))
-    pipeline.extract_features(cfg, work, "train")
+    extract(cfg, work, "train")
     assert calls == ["02"]                                   # video 01 was kept from the first attempt
     assert work.path("features/train.h5").exists() and not work.path("features/train.h5.partial").exists()
 
@@ -222,7 +233,7 @@ def test_video_shorter_than_the_clip_length(tmp_path):
 def test_no_object_in_the_whole_split(tmp_path):
     cfg = tiny(**{"objects.motion_threshold": 255})                    # nothing ever differs by > 255
     with pytest.raises(NoObjectsError, match="kept no object in the whole train split"):
-        pipeline.detect_objects(cfg, WorkDir(tmp_path), "train")
+        detect(cfg, WorkDir(tmp_path), "train")
 
 
 def test_no_object_in_one_video_warns_and_scores_zero(tmp_path):
@@ -234,7 +245,7 @@ def test_no_object_in_one_video_warns_and_scores_zero(tmp_path):
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        boxes = pipeline.detect_objects(cfg, WorkDir(tmp_path / "w"), "test")
+        boxes = detect(cfg, WorkDir(tmp_path / "w"), "test")
     assert any("'02'" in str(w.message) and "local scores are 0" in str(w.message) for w in caught)
     assert all(len(b) == 0 for b in boxes["02"])
     assert [b.tolist() for b in boxes["01"]] == [[[10, 20, 40, 50]]] * 6     # growth 1.0: squared 30 x 30
@@ -299,13 +310,13 @@ def test_boxes_file_split_column_tells_train_01_from_test_01(tmp_path):
     ambiguous = tmp_path / "ambiguous.csv"
     ambiguous.write_text(f"{header}\n08,2,10,20,40,50,0.9,0\n01,2,10,20,40,50,0.9,0\n")
     with pytest.raises(ConfigError, match=r"ambiguous.csv, line 3: video '01' is both a training and a test video"):
-        pipeline.detect_objects(_boxes_cfg(PED2_MINI, ambiguous), WorkDir(tmp_path / "w0"), "train")
+        detect(_boxes_cfg(PED2_MINI, ambiguous), WorkDir(tmp_path / "w0"), "train")
     split = tmp_path / "split.csv"
     split.write_text(f"{header},split\n01,2,10,20,40,50,0.9,0,train\n01,2,100,60,160,120,0.9,0,test\n"
                      f"02,6,50,50,80,90,0.9,0,test\n")
     cfg = _boxes_cfg(PED2_MINI, split)
     work = WorkDir(tmp_path / "w1")
-    train, test = pipeline.detect_objects(cfg, work, "train"), pipeline.detect_objects(cfg, work, "test")
+    train, test = detect(cfg, work, "train"), detect(cfg, work, "test")
     assert train["01"][0].tolist() == [[10, 20, 40, 50]] and not any(len(b) for b in train["08"])
     assert test["01"][0].tolist() == [[100, 60, 160, 120]]
     assert test["02"][1].tolist() == [[45, 50, 85, 90]]        # 30 x 40 squared: x grows 5 each side
@@ -323,7 +334,7 @@ def test_boxes_file_invalid_rows_name_the_line(tmp_path, row, message):
     path = tmp_path / "boxes.csv"
     path.write_text(f"video,frame,x1,y1,x2,y2,confidence,class,split\n{row}\n")
     with pytest.raises(ConfigError, match=message) as info:
-        pipeline.detect_objects(_boxes_cfg(PED2_MINI, path), WorkDir(tmp_path / "w"), "test")
+        detect(_boxes_cfg(PED2_MINI, path), WorkDir(tmp_path / "w"), "test")
     assert str(path) in str(info.value) and "boxes_drop_invalid" in str(info.value)
 
 
@@ -335,7 +346,7 @@ def test_boxes_file_drop_invalid_counts_what_it_leaves_out(tmp_path):
     cfg = _boxes_cfg(PED2_MINI, path, **{"objects.boxes_drop_invalid": True})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        boxes = pipeline.detect_objects(cfg, WorkDir(tmp_path / "w"), "test")
+        boxes = detect(cfg, WorkDir(tmp_path / "w"), "test")
     messages = [str(w.message) for w in caught]
     assert any("left out 1 invalid rows (first: line 2" in m for m in messages)      # x2 < x1, when read
     assert any("left out 1 invalid rows (first: line 4" in m for m in messages)      # frame 999, for the split
@@ -350,10 +361,9 @@ def test_boxes_file_final_boxes_are_taken_as_they_are(tmp_path):
     path.write_text("video,frame,x1,y1,x2,y2,confidence,class,split\n01,2,0,20,30,60,0.9,0,test\n"
                     "01,6,10.7,20.2,41.9,51.5,0.9,0,test\n")
     work = WorkDir(tmp_path / "w")
-    grown = pipeline.detect_objects(_boxes_cfg(PED2_MINI, path), work, "test")
+    grown = detect(_boxes_cfg(PED2_MINI, path), work, "test")
     assert grown["01"][0].tolist() == [[0, 20, 35, 60]]       # x: -5 clipped to 0, 30 + 5 = 35
-    final = pipeline.detect_objects(_boxes_cfg(PED2_MINI, path, **{"objects.boxes_final": True}),
-                                    WorkDir(tmp_path / "w2"), "test")
+    final = detect(_boxes_cfg(PED2_MINI, path, **{"objects.boxes_final": True}), WorkDir(tmp_path / "w2"), "test")
     assert final["01"][0].tolist() == [[0, 20, 30, 60]]
     assert final["01"][1].tolist() == [[10, 20, 41, 51]]      # truncated to int, as the reference crops
 

@@ -3,7 +3,7 @@
 Data flows one way, one module per stage:
 
     datasets (videos, clips, labels) -> objects (boxes, crops) -> encoder (layer2/layer3 maps)
-    -> features (spatial / temporal / high-level vectors) -> coreset -> memory (three banks)
+    -> features (spatial / temporal / high-level vectors) -> coreset -> memory (three memories)
     -> scores (s(Q, M), clip -> frame) -> fusion -> metrics -> figures
 
 Shape legend used in every docstring and shape comment:

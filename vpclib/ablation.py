@@ -26,8 +26,8 @@ from . import fusion, metrics, pipeline
 from .config import Config
 from .coreset import coreset_size
 from .encoder import build_encoder, resolve_device
-from .memory import STREAMS, build_bank
-from .objects import BoxesFileDetector, build_detector, middle_frame_offset, select_objects
+from .memory import MEMORIES, build_memory
+from .objects import BoxesFileDetector, build_detector, detect_middle_frames, select_objects
 from .store import WorkDir
 
 # memory combination -> which weights it fixes: (a, b) for label-free, (a_grid, b_grid) for the oracle;
@@ -56,13 +56,8 @@ def detection_sweep(cfg: Config, videos, confidences, growths, split: str = "tes
     t, classes = cfg.method.clip_length, set(cfg.objects.classes)
     raw = []                                                   # (detections (K, 6), width, height) per clip
     for video in videos:
-        detector.begin_video(video)
         width, height = video.frame_size
-        middles = [int(s) + middle_frame_offset(t) for s in pipeline.video_clip_starts(cfg, video)]
-        if isinstance(detector, BoxesFileDetector):
-            raw += [(detector.detect_at(i), width, height) for i in middles]
-        else:
-            raw += [(detector.detect(frame), width, height) for _, frame in video.iter_frames(middles)]
+        raw += [(d, width, height) for d in detect_middle_frames(video, pipeline.video_clip_starts(cfg, video), t, detector)]
     confidence = cfg.objects.train_confidence if split == "train" else cfg.objects.test_confidence
 
     def kept(conf, growth):
@@ -113,30 +108,27 @@ def coverage_radius(vectors: np.ndarray, n_select: int) -> np.ndarray:
     return radius
 
 
-def memory_sizes(banks: dict, train_feats: dict, ratio: float) -> list[dict]:
+def memory_sizes(memories: dict, train_feats: dict, ratio: float) -> list[dict]:
     """One row per memory: candidates, vectors kept, dims, MB (float32)."""
-    candidates = {s: [len(pipeline.memory_vectors(f)[s]) for f in train_feats.values()] for s in STREAMS}
+    candidates = {s: [len(pipeline.memory_vectors(f)[s]) for f in train_feats.values()] for s in MEMORIES}
     rows = []
-    for s, bank in banks.items():
+    for s, memory in memories.items():
         rows.append({"memory": s, "candidates": int(sum(candidates[s])),
                      "expected": int(sum(coreset_size(n, ratio) for n in candidates[s] if n)),
-                     "vectors": int(bank.vectors.shape[0]), "dims": int(bank.vectors.shape[1]),
-                     "megabytes": float(bank.megabytes)})
+                     "vectors": int(memory.vectors.shape[0]), "dims": int(memory.vectors.shape[1]),
+                     "megabytes": float(memory.megabytes)})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # scoring a set of memories
 
-def score_test(cfg: Config, banks: dict, train_feats: dict, test_feats: dict) -> tuple[dict, dict | None]:
-    """Per-frame scores of the test set (pipeline.frame_table) and the label-free calibration
-    statistics (leave-one-video-out on the training videos; None in 'fixed' mode or with one video)."""
-    table = pipeline.frame_table(cfg, test_feats, {s: b.vectors for s, b in banks.items()})
-    stats = None
-    if cfg.fusion.labelfree == "calibrated":
-        loo = pipeline.leave_one_out_scores(cfg, train_feats, banks)
-        stats = fusion.calibration_stats(loo) if loo is not None else None
-    return table, stats
+def score_test(cfg: Config, memories: dict, train_feats: dict, test_feats: dict) -> tuple[dict, dict | None]:
+    """Per-frame scores of the test set (pipeline.frame_table, stage 4) and the label-free calibration
+    statistics (pipeline.calibrate: leave-one-video-out on the training videos; None in 'fixed' mode
+    or with one video)."""
+    table = pipeline.frame_table(cfg, test_feats, {s: b.vectors for s, b in memories.items()})
+    return table, pipeline.calibrate(cfg, train_feats, memories)
 
 
 def labelfree_scores(table: dict, stats, a: float, b: float, sigma: float) -> np.ndarray:
@@ -174,21 +166,21 @@ def fusion_grid(cfg: Config, table: dict, a: float) -> np.ndarray:
 def coreset_ratio_sweep(cfg: Config, train_feats: dict, test_feats: dict, ratios) -> list[dict]:
     """AUC (all memories) and memory size for each coreset ratio r, on the same features."""
     device = resolve_device(cfg.device)
-    per_stream = {s: [pipeline.memory_vectors(f)[s] for f in train_feats.values()] for s in STREAMS}
+    per_stream = {s: [pipeline.memory_vectors(f)[s] for f in train_feats.values()] for s in MEMORIES}
     m = cfg.method
     rows = []
     f = cfg.fusion
     for ratio in ratios:
         with one_thread() if device == "cpu" else contextlib.nullcontext():
-            banks = {s: build_bank(per_stream[s], ratio, device, m.coreset_projection, m.coreset_projection_eps)
-                     for s in STREAMS}
-        table, stats = score_test(cfg, banks, train_feats, test_feats)
+            memories = {s: build_memory(per_stream[s], ratio, device, m.coreset_projection, m.coreset_projection_eps)
+                     for s in MEMORIES}
+        table, stats = score_test(cfg, memories, train_feats, test_feats)
         oracle = fusion.oracle_search(table["spatial"], table["temporal"], table["highlevel"], table["label"],
                                       table["video"], f.a_grid, f.b_grid, f.sigma_grid)
         free = labelfree_scores(table, stats, f.a, f.b, f.sigma)
         rows.append({"ratio": float(ratio), "oracle": oracle.auc, "labelfree": metrics.auc(table["label"], free),
-                     "vectors": int(sum(len(b.vectors) for b in banks.values())),
-                     "megabytes": float(sum(b.megabytes for b in banks.values()))})
+                     "vectors": int(sum(len(b.vectors) for b in memories.values())),
+                     "megabytes": float(sum(b.megabytes for b in memories.values()))})
     return rows
 
 
@@ -248,14 +240,13 @@ def evaluate_setting(cfg: Config, work: WorkDir, main_cfg: Config, n_videos: int
     """Metrics of one setting: the main work directory when the setting is the main run on every
     video, else its own sub work directory (first n_videos of each split)."""
     if not n_videos and cfg.to_dict() == main_cfg.to_dict():
-        return pipeline.evaluate(cfg, work)
+        return pipeline.evaluate_from(cfg, work)
     sub = setting_dir(work, cfg, n_videos)
     videos = {}
     for split in pipeline.SPLITS:
         videos[split] = pipeline.load_videos(cfg, work, split)           # the data root of the main run
         videos[split] = videos[split][:n_videos] if n_videos else videos[split]
-        pipeline.extract_features(cfg, sub, split, videos=videos[split], encoder=encoder)
-    return pipeline.evaluate(cfg, sub, videos)
+    return pipeline.run(cfg, sub, videos=videos, encoder=encoder)
 
 
 def feature_sweep(cfg: Config, work: WorkDir, key: str, values, n_videos: int | None = None, encoder=None) -> list[dict]:
@@ -287,10 +278,10 @@ def default_grids(cfg: Config, channel_groups=None, clip_lengths=None, n_videos=
 
 def run_ablations(cfg: Config, work: WorkDir, ratios, channel_groups, clip_lengths, n_videos: int | None = None) -> dict:
     """Every ablation of the notebooks: memories, coreset ratio, C and T. Returns {name: rows}."""
-    banks = pipeline.build_memories(cfg, work)
-    train = pipeline.read_features(pipeline.extract_features(cfg, work, "train"))
-    test = pipeline.read_features(pipeline.extract_features(cfg, work, "test"))
-    table, stats = score_test(cfg, banks, train, test)
+    videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}
+    memories = pipeline.read_memories(cfg, work, videos["train"])             # the main run's stages 2 and 3
+    train, test = (pipeline.read_split_features(cfg, work, s, videos[s]) for s in pipeline.SPLITS)
+    table, stats = score_test(cfg, memories, train, test)
     out = {"memories": combination_aucs(cfg, table, stats),
            "coreset_ratio": coreset_ratio_sweep(cfg, train, test, ratios)}
     encoder = build_encoder(cfg, resolve_device(cfg.device))

@@ -1,7 +1,7 @@
 """Command line: `vpc run PARAMS.yaml`, single stages, the notebooks, and scoring new video.
 
     vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device auto|cpu|cuda[:N]] [--overwrite]
-    vpc objects|features|memory|metrics PARAMS.yaml ...   (one stage and what it needs)
+    vpc objects|features|memory|metrics PARAMS.yaml ...   (the stages up to that one: pipeline.run(until=...))
     vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
     vpc score WORK VIDEO... [--out DIR] [--clip gif|mp4] [--device D]
     (run, the stages and notebooks also take --set KEY=VALUE, repeatable)
@@ -142,10 +142,9 @@ def _dispatch(args) -> int:
     work_dir = Path(args.work_dir or f"work/{cfg.data.name}")
     args.work_dir_used = work_dir
     from . import pipeline
-    from .store import WorkDir
 
     if args.command == "notebooks":
-        from .notebooks import run_notebooks
+        from .runner import run_notebooks
         extra = _notebook_parameters(args.parameter)
         if args.overwrite:                     # the notebooks reuse the work directory's artifacts
             pipeline.run(cfg, work_dir, overwrite=True)
@@ -159,23 +158,12 @@ def _dispatch(args) -> int:
         print(json.dumps(summary, indent=1))
         print(f"wrote {work_dir / 'metrics.json'} and {work_dir / 'scores.csv'}")
         return 0
-    pipeline.resolve_device(cfg.device)                                    # cuda without a GPU: fail now
-    work = WorkDir(work_dir, overwrite=args.overwrite)
-    videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}   # labels checked first
-    if args.command == "objects":
-        for split in pipeline.SPLITS:
-            pipeline.detect_objects(cfg, work, split, videos[split])
-    elif args.command == "features":
-        encoder = pipeline.load_encoder(cfg)
-        for split in pipeline.SPLITS:
-            pipeline.extract_features(cfg, work, split, videos[split], encoder=encoder)
-    elif args.command == "memory":
-        banks = pipeline.build_memories(cfg, work, videos["train"])
-        for name, bank in banks.items():
-            print(f"{name}: {bank.vectors.shape[0]} vectors x {bank.vectors.shape[1]} dims, {bank.megabytes:.2f} MB")
+    output = pipeline.run(cfg, work_dir, overwrite=args.overwrite, until=args.command)   # the stages up to it
+    if args.command == "memory":
+        for name, memory in output.items():
+            print(f"{name}: {memory.vectors.shape[0]} vectors x {memory.vectors.shape[1]} dims, {memory.megabytes:.2f} MB")
     elif args.command == "metrics":
-        result = pipeline.evaluate(cfg, work, videos)
-        print(json.dumps({k: result[k] for k in ("auc_micro_oracle", "auc_micro_labelfree")}, indent=1))
+        print(json.dumps({k: output[k] for k in ("auc_micro_oracle", "auc_micro_labelfree")}, indent=1))
     return 0
 
 

@@ -23,7 +23,8 @@ import yaml
 
 from .errors import ConfigError
 
-LAYOUTS = ("synthetic", "avenue", "shanghaitech", "iitb", "ucsd", "folder", "video")
+DISK_LAYOUTS = ("avenue", "shanghaitech", "iitb", "ucsd", "folder", "video")   # datasets.load_split reads these
+LAYOUTS = ("synthetic", *DISK_LAYOUTS)   # synthetic: generated, then read in the ucsd layout
 DETECTORS = ("motion", "ultralytics", "yolov5-hub", "boxes")
 PREPROCESSING = ("faithful", "clip", "imagenet", "inception")
 LABELFREE = ("calibrated", "fixed")
@@ -33,6 +34,7 @@ PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi", "e
                        "efficientnet-lite2-pypi", "efficientnet-lite0-pypi-timm-legacy")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+COCO_KEPT_CLASSES = (0, 1, 2, 3, 7)   # person, bicycle, car, motorcycle, truck: objects.classes' default
 
 
 @dataclass
@@ -69,7 +71,7 @@ class ObjectsConfig:
     boxes_file: str = ""                 # detector "boxes": a CSV of your own detections
     boxes_final: bool = False            # the CSV's boxes are final (already grown, squared, clipped)
     boxes_drop_invalid: bool = False     # leave invalid CSV rows out (counted) instead of failing
-    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 7])
+    classes: list[int] = field(default_factory=lambda: list(COCO_KEPT_CLASSES))
     train_confidence: float = 0.7
     test_confidence: float = 0.6
     box_growth: float = 1.0              # factor f of METHOD.md §2

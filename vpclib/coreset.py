@@ -18,7 +18,7 @@ def coreset_size(n_vectors: int, ratio: float) -> int:
     return max(1, int(ratio * n_vectors))
 
 
-def random_projection(vectors: torch.Tensor, eps: float = 0.9, seed: int = 0) -> torch.Tensor:
+def random_projection(vectors: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
     """Sparse random projection to the Johnson-Lindenstrauss dimension for `eps` (PatchCore's option).
 
     (N, D) -> (N, D') with D' <= D; returns the vectors unchanged when D' would not be smaller.

@@ -4,7 +4,7 @@ A dataset split is a list of `Video`s. A video is either a folder of frames (nat
 file names) or one video file decoded on the fly; a test video also carries its per-frame
 labels, a (n_frames,) uint8 array of 0/1.
 
-    load_split(layout, root, split)   -> list[Video]           (layouts: LAYOUTS)
+    load_split(layout, root, split)   -> list[Video]           (layouts: config.DISK_LAYOUTS)
     clip_starts(n_frames, T)          -> (B,) first frame of each clip
     scored_length(n_frames, T)        -> B*T frames that get a score
 
@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import scipy.io
 
+from .config import DISK_LAYOUTS
 from .errors import DatasetError
 
-LAYOUTS = ("avenue", "shanghaitech", "iitb", "ucsd", "folder", "video")
 SPLIT_FOLDERS = {"train": "training", "test": "testing"}
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
@@ -349,11 +349,12 @@ def scored_length(n_frames: int, clip_length: int, skip_first_frame: bool = Fals
 # -----------------------------------------------------------------------------
 # Ground truth (METHOD.md §9)
 
-def intervals_to_mask(intervals: np.ndarray, n_frames: int) -> np.ndarray:
-    """(n_frames,) uint8 mask from 1-based inclusive ranges: (2, K) [starts; ends], or (2,)."""
+def intervals_to_mask(intervals: np.ndarray, n_frames: int, where: str = "intervals") -> np.ndarray:
+    """(n_frames,) uint8 mask from 1-based inclusive ranges: (2, K) [starts; ends], or (2,); a range
+    outside 1..n_frames raises DatasetError naming `where`."""
     mask = np.zeros(n_frames, dtype=np.uint8)
-    for start, end in _as_ranges(intervals, "intervals"):
-        _check_range(start, end, n_frames, "intervals")
+    for start, end in _as_ranges(intervals, where):
+        _check_range(start, end, n_frames, where)
         mask[start - 1:end] = 1
     return mask
 
@@ -410,12 +411,7 @@ def load_interval_mat(path, lengths: Sequence[int], names: Sequence[str] | None 
     _check_count(path, len(entries), lengths)
     masks = []
     for index, (entry, n_frames) in enumerate(zip(entries, lengths)):
-        where = _where(path, index, names)
-        mask = np.zeros(n_frames, dtype=np.uint8)
-        for start, end in _as_ranges(entry, where):
-            _check_range(start, end, n_frames, where)
-            mask[start - 1:end] = 1
-        masks.append(mask)
+        masks.append(intervals_to_mask(entry, n_frames, _where(path, index, names)))
     return masks
 
 
@@ -569,8 +565,8 @@ def load_split(layout: str, root, split: str, *, label_file=None, skip_first_fra
     default location. Every video needs min_frames frames (the pipeline passes T), one more
     with skip_first_frame.
     """
-    if layout not in LAYOUTS:
-        raise DatasetError(f"unknown dataset layout {layout!r}; expected one of {LAYOUTS}")
+    if layout not in DISK_LAYOUTS:
+        raise DatasetError(f"unknown dataset layout {layout!r}; expected one of {DISK_LAYOUTS}")
     if split not in SPLIT_FOLDERS:
         raise DatasetError(f"unknown split {split!r}; expected one of {tuple(SPLIT_FOLDERS)}")
     root = Path(root)

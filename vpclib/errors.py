@@ -25,5 +25,9 @@ class CacheMismatchError(VPCError, RuntimeError):
     """An artifact in the work directory was made with other parameters."""
 
 
+class MissingArtifactError(VPCError, RuntimeError):
+    """A stage's input artifact is not in the work directory: names it and the stage that makes it."""
+
+
 class WorkDirError(VPCError, OSError):
     """The work directory cannot be written (read-only, full disk): names the file."""

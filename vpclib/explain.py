@@ -11,6 +11,10 @@ functions draw them. Nothing here is a second implementation of a step of the me
     clip_set_scores, set_score_tables                            s(Q, M) for one test clip (03_inference)
     fusion_steps, fusion_table, fusion_figure                    one clip's streams -> frame scores (03)
     oracle_stages, oracle_figure, protocol_table                 the oracle's two searches, label-free (03)
+    nearest_memory, object_scores, explain_spatial               a test object's nearest memory vectors (04, vpc score)
+    object_crop                                                  an object's crop, for display (02, 04)
+
+METHOD.md §7 (scores), seen from one object: which memory vector is nearest, and how far.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from matplotlib.figure import Figure
 from . import fusion, metrics, scores
 from .coreset import greedy_coreset
 from .features import PATCH_GRID, local_maps
-from .objects import crop_and_resize
+from .memory import MEMORIES
+from .objects import crop_and_resize, middle_frame_offset
 
-STREAMS = ("spatial", "temporal", "highlevel")
 # which features-file array a test clip queries each memory with (the temporal memory holds the
 # MEAN-pooled differences, a test clip queries it with the MAX-pooled ones: the reference's quirk)
 QUERY_ARRAY = {"spatial": "spatial", "temporal": "temporal_max", "highlevel": "highlevel"}
@@ -51,11 +55,11 @@ def _table(header: list[str], rows: list[list]) -> str:
 @torch.no_grad()
 def object_maps(cfg, video, feats: dict, obj: int, encoder) -> torch.Tensor:
     """F of one object: its box cut from the T frames of its clip, encoded, pooled to 28 x 28 and
-    averaged in C channel groups, as `pipeline.clip_features` does -> (C, T, 28, 28) on the CPU.
+    averaged in C channel groups, as `engine.clip_features` does -> (C, T, 28, 28) on the CPU.
 
     feats: the video's arrays from the features file (object_clip, clip_start, boxes).
     """
-    from .pipeline import cropping_device, encode
+    from .engine import cropping_device, encode
     t, c = cfg.method.clip_length, cfg.method.channel_groups
     start = int(feats["clip_start"][int(feats["object_clip"][obj])])
     frames = torch.from_numpy(np.stack([f for _, f in video.iter_frames(range(start, start + t))]))  # (T, H, W, 3)
@@ -186,22 +190,22 @@ def _disc(center, radius):
 # ---------------------------------------------------------------------------------------------
 # 03 s(Q, M) for one clip
 
-def clip_set_scores(feats: dict, banks: dict, clip: int, power: int, arithmetic: str = "reference") -> dict:
+def clip_set_scores(feats: dict, memories: dict, clip: int, power: int, arithmetic: str = "reference") -> dict:
     """Each stream's s(Q, M) for clip `clip` of a test video, opened: {stream: {objects (K_b,),
     distances (K_b, V) nearest memory distance of each query vector, worst (K_b,) which query is the
     farthest, d_max (K_b,), object_scores (K_b,) = d_max ** n, clip_score}}. High-level: one "object",
-    the clip itself. feats: the video's features-file arrays; banks {stream: (N, D)}; the distances
+    the clip itself. feats: the video's features-file arrays; memories {stream: (N, D)}; the distances
     are the pipeline's own (`scores.set_distances` in the params' `arithmetic`)."""
     objects = np.flatnonzero(np.asarray(feats["object_clip"]) == clip)
     out = {}
-    for stream in STREAMS:
+    for stream in MEMORIES:
         if stream == "highlevel":
             queries, ids = np.asarray(feats["highlevel"])[[clip]], np.array([clip])  # (1, T, D)
         else:
             queries, ids = np.asarray(feats[QUERY_ARRAY[stream]])[objects], objects   # (K_b, V, D)
         k, v, d = queries.shape if len(queries) else (0, 1, 1)
         dist = (scores.set_distances(torch.as_tensor(queries, dtype=torch.float32),
-                                     torch.as_tensor(np.asarray(banks[stream]), dtype=torch.float32), arithmetic).numpy()
+                                     torch.as_tensor(np.asarray(memories[stream]), dtype=torch.float32), arithmetic).numpy()
                 if k else np.zeros((0, v)))                                              # (K_b, V)
         per_object = scores.set_score(torch.as_tensor(dist), power).numpy() if k else np.zeros(0)  # (K_b,)
         out[stream] = {"objects": ids, "distances": dist, "worst": dist.argmax(1) if k else np.zeros(0, int),
@@ -245,7 +249,7 @@ def set_score_tables(opened: dict, power: int, grid_object: int | None = None) -
 
 def fusion_steps(table: dict, frames: np.ndarray, result: dict) -> dict:
     """Both fusions of pipeline.evaluate on the whole test set, every step kept (fusion.*_levels),
-    and the rows of the selected frames. table: notebooks.frame_table's columns (video ids, label,
+    and the rows of the selected frames. table: notebooks.read_frame_table's columns (video ids, label,
     streams); frames (F,) bool, the frames to show; result: metrics.json.
     -> {"labelfree": levels, "oracle": levels, "rows": (F_sel,) indices, "mode": ...}."""
     sp, tp, hl, vid = table["spatial"], table["temporal"], table["highlevel"], table["video"]
@@ -372,3 +376,84 @@ def protocol_table(result: dict) -> str:
 
 def _w(x) -> str:
     return f"{float(x):g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 the nearest memory vector of a test object (and the object scores of the demos, vpc score)
+
+@torch.no_grad()
+def nearest_memory(queries: np.ndarray, memory: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's nearest memory vector (`scores.nearest`): (Q, D), (N, D) -> exact distances (Q,),
+    indices (Q,) into the memory."""
+    distance, index = scores.nearest(torch.as_tensor(queries, dtype=torch.float32),
+                                     torch.as_tensor(memory, dtype=torch.float32), chunk=chunk)
+    return distance.numpy(), index.numpy()
+
+
+def object_scores(cfg, feats: dict, memories: dict, stats) -> np.ndarray:
+    """(K,) each object's local score a*zS + (1-a)*zT: its worst patch (spatial) and worst frame
+    difference (temporal) against the memories {memory: Memory}, z from normal training videos
+    (stats {memory: (mean, std)}) when given, else the raw scores."""
+    k, n, a = len(feats["spatial"]), cfg.method.power, cfg.fusion.a
+    z = np.zeros(k)
+    if k == 0:
+        return z
+    for memory, key, weight in (("spatial", "spatial", a), ("temporal", "temporal_max", 1 - a)):
+        c = feats[key].shape[-1]
+        d, _ = nearest_memory(feats[key].reshape(-1, c), memories[memory].vectors)
+        s = d.reshape(k, -1).max(1) ** n                                      # (K,)
+        mean, std = stats[memory] if stats else (0.0, 1.0)
+        z += weight * (s - mean) / (std + fusion.EPS)
+    return z
+
+
+def object_crop(video, frame: int, box, size: int) -> np.ndarray:
+    """frame[y1:y2, x1:x2] of a video resized to size x size (BGR uint8), for display: the
+    encoder's own crop (`objects.crop_and_resize`, OpenCV's uint8 bilinear)."""
+    image = torch.from_numpy(video.read_frame(int(frame)))[None]             # (1, H, W, 3)
+    box = torch.as_tensor(np.asarray(box, dtype=np.int64)[None])             # (1, 4)
+    return crop_and_resize(image, torch.zeros(1, dtype=torch.long), box, size, "reference")[0].numpy()
+
+
+def explain_spatial(cfg, videos: dict, memory, features: dict, n_examples: int = 4, crop_size: int = 112) -> list[dict]:
+    """The most anomalous test objects by spatial score (one per video, highest first), each with
+    its worst patch and the training patch nearest to that patch in the spatial memory.
+
+    videos {split: [Video]}; memory: the spatial memory (a Memory); features {split: stage 2's
+    features}. The memory remembers where each vector came from (Memory.video, Memory.row): for the
+    spatial memory, object = row // 49 and patch = row % 49 among that training video's objects.
+    Crops are cut from the clip's middle frame (the frame the detector saw).
+    """
+    test, train = features["test"], features["train"]
+    worst = []                                                                # (distance, video, object, patch)
+    for name, feats in test.items():
+        k, n_patches, c = feats["spatial"].shape
+        if k == 0:
+            continue
+        dist, _ = nearest_memory(feats["spatial"].reshape(-1, c), memory.vectors)
+        dist = dist.reshape(k, n_patches)                                     # (K, 49)
+        obj = int(dist.max(1).argmax())
+        worst.append((float(dist[obj].max()), name, obj, int(dist[obj].argmax())))
+    worst.sort(key=lambda w: -w[0])
+    by_name = {s: {v.name: v for v in videos[s]} for s in ("train", "test")}
+    train_names, offset = list(train), middle_frame_offset(cfg.method.clip_length)
+    out = []
+    for distance, name, obj, patch in worst[:n_examples]:
+        feats = test[name]
+        _, (m,) = nearest_memory(feats["spatial"][obj, patch][None], memory.vectors)
+        mem_name = train_names[int(memory.video[m])]
+        mem_obj, mem_patch = divmod(int(memory.row[m]), feats["spatial"].shape[1])
+        mem = train[mem_name]
+        frame = int(feats["clip_start"][feats["object_clip"][obj]]) + offset
+        mem_frame = int(mem["clip_start"][mem["object_clip"][mem_obj]]) + offset
+        out.append({
+            "test_video": name, "test_frame": frame, "test_box": feats["boxes"][obj].tolist(), "test_patch": patch,
+            "distance": distance, "score": distance ** cfg.method.power,
+            "memory_video": mem_name, "memory_frame": mem_frame, "memory_box": mem["boxes"][mem_obj].tolist(),
+            "memory_patch": mem_patch,
+            "test_crop": object_crop(by_name["test"][name], frame, feats["boxes"][obj], crop_size),
+            "memory_crop": object_crop(by_name["train"][mem_name], mem_frame, mem["boxes"][mem_obj], crop_size),
+            "test_title": f"test {name} frame {frame}, patch {patch}\ndistance to memory {distance:.2f}",
+            "memory_title": f"nearest: train {mem_name} frame {mem_frame}, patch {mem_patch}",
+        })
+    return out

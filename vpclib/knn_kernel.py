@@ -1,6 +1,6 @@
 """A fused ranking kernel for the fast kNN search (`scoring.knn: fast` on CUDA; vpclib.scores).
 
-`tile_minima` gives, for every query and every tile of `tile` consecutive bank vectors, the
+`tile_minima` gives, for every query and every tile of `tile` consecutive memory vectors, the
 lowest ranking score |m|^2 - 2 q.m over the tile: (Q, D), (N, D) -> (Q, ceil(N / tile)). On
 CUDA one Triton kernel computes each (queries x tile) block of scores from a bf16 matrix
 product (float32 accumulation, tensor cores) and reduces it in registers: the (Q, N) block of
@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-TILE = 64        # bank vectors per tile (the kernel's BM)
+TILE = 64        # memory vectors per tile (the kernel's BM)
 BLOCK_Q = 128    # queries per program
 BLOCK_K = 32     # dims per step of the product (D is zero-padded to a multiple)
 
@@ -34,7 +34,7 @@ def _kernel():
                         BQ: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
         pid_m, pid_q = tl.program_id(0), tl.program_id(1)                   # tiles on axis 0: up to 2^31 - 1
         rq = pid_q * BQ + tl.arange(0, BQ)                                  # (BQ,) query rows
-        rm = pid_m * BM + tl.arange(0, BM)                                  # (BM,) bank rows: one tile
+        rm = pid_m * BM + tl.arange(0, BM)                                  # (BM,) memory rows: one tile
         rk = tl.arange(0, BK)
         acc = tl.zeros((BQ, BM), dtype=tl.float32)
         for k0 in range(0, d, BK):                                          # q . m, float32 accumulation
@@ -59,28 +59,28 @@ def pad_dims(x: torch.Tensor, multiple: int = BLOCK_K) -> torch.Tensor:
     return out
 
 
-def tile_minima_torch(q: torch.Tensor, bank_low: torch.Tensor, bank_sq: torch.Tensor, tile: int = TILE) -> torch.Tensor:
+def tile_minima_torch(q: torch.Tensor, memory_low: torch.Tensor, memory_sq: torch.Tensor, tile: int = TILE) -> torch.Tensor:
     """(q, D) float32, (N, D) ranking dtype, (N,) float32 -> (q, ceil(N / tile)) tile minima, in torch."""
     from .scores import low_precision_scores
-    n = len(bank_low)
+    n = len(memory_low)
     n_tiles = -(-n // tile)
     scores = q.new_full((len(q), n_tiles * tile), float("inf"))
-    scores[:, :n] = low_precision_scores(q, bank_low, bank_sq)
+    scores[:, :n] = low_precision_scores(q, memory_low, memory_sq)
     return scores.view(len(q), n_tiles, tile).amin(2)
 
 
-def tile_minima(q: torch.Tensor, bank_low: torch.Tensor, bank_sq: torch.Tensor, tile: int = TILE) -> torch.Tensor:
+def tile_minima(q: torch.Tensor, memory_low: torch.Tensor, memory_sq: torch.Tensor, tile: int = TILE) -> torch.Tensor:
     """(q, D) float32, (N, D') ranking dtype with D' = pad_dims's width, (N,) float32 -> (q, n_tiles)
     tile minima, by the Triton kernel (CUDA, or the interpreter). q is cast and padded here."""
     triton, kernel = _kernel()
-    n_q, (n, width) = len(q), bank_low.shape
+    n_q, (n, width) = len(q), memory_low.shape
     n_tiles = -(-n // tile)
-    q_low = q.to(bank_low.dtype)
+    q_low = q.to(memory_low.dtype)
     if q_low.shape[1] != width:
         q_low = torch.nn.functional.pad(q_low, (0, width - q_low.shape[1]))
     out = torch.empty(n_q, n_tiles, dtype=torch.float32, device=q.device)
     grid = (n_tiles, triton.cdiv(n_q, BLOCK_Q))                             # axis 1 allows 65,535 at most
-    kernel[grid](q_low.contiguous(), bank_low, bank_sq.contiguous(), out, n_q, n, n_tiles, width,
+    kernel[grid](q_low.contiguous(), memory_low, memory_sq.contiguous(), out, n_q, n, n_tiles, width,
                  BQ=BLOCK_Q, BM=tile, BK=BLOCK_K)
     return out
 

@@ -1,7 +1,8 @@
-"""Memory: the three banks of normal training features (METHOD.md §6).
+"""Memory: the three memories of normal training features, spatial, temporal and high-level
+(METHOD.md §6); stage 3 of `pipeline.run`.
 
-Each bank is built PER TRAINING VIDEO: that video's vectors are subsampled by greedy coreset
-(l = int(r * N_video), at least one) and the per-video results are concatenated. The bank keeps
+Each memory is built PER TRAINING VIDEO: that video's vectors are subsampled by greedy coreset
+(l = int(r * N_video), at least one) and the per-video results are concatenated. The memory keeps
 which video each vector came from, so a training video can be scored against the others
 (leave-one-video-out) to calibrate the label-free fusion.
 """
@@ -15,11 +16,11 @@ import torch
 
 from .coreset import coreset_size, greedy_coreset, random_projection
 
-STREAMS = ("spatial", "temporal", "highlevel")
+MEMORIES = ("spatial", "temporal", "highlevel")
 
 
 @dataclass
-class Bank:
+class Memory:
     """One memory: vectors (N, D); for each, the training video it came from (N,) and its row
     among that video's candidate vectors (N,) (for spatial: object = row // 49, patch = row % 49)."""
     vectors: np.ndarray
@@ -31,13 +32,17 @@ class Bank:
         return self.vectors.nbytes / 2**20
 
     def without_video(self, video_index: int) -> np.ndarray:
-        """The bank less the vectors of one training video: (N', D)."""
+        """The memory less the vectors of one training video: (N', D)."""
         return self.vectors[self.video != video_index]
 
 
-def build_bank(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
-               projection: bool = False, projection_eps: float = 0.9) -> Bank:
-    """Coreset each video's vectors (N_v, D) and concatenate -> Bank (N, D)."""
+def build_memory(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
+               projection: bool = False, projection_eps: float | None = None) -> Memory:
+    """Coreset each video's vectors (N_v, D) and concatenate -> Memory (N, D). With `projection`, each
+    video's vectors are projected first (coreset.random_projection at `projection_eps`, the params'
+    method.coreset_projection_eps: its one default is in config.MethodConfig)."""
+    if projection and projection_eps is None:
+        raise ValueError("a projected coreset needs projection_eps (method.coreset_projection_eps)")
     kept, owner, rows = [], [], []
     for v, vectors in enumerate(per_video):
         if len(vectors) == 0:
@@ -51,18 +56,18 @@ def build_bank(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
         rows.append(index.astype(np.int64))
     if not kept:
         raise ValueError("no vectors to build a memory from")
-    return Bank(np.concatenate(kept).astype(np.float32), np.concatenate(owner), np.concatenate(rows))
+    return Memory(np.concatenate(kept).astype(np.float32), np.concatenate(owner), np.concatenate(rows))
 
 
-def save_memory(path, banks: dict[str, Bank]) -> None:
-    """Write the banks to an .npz file (no pickles)."""
+def save_memory(path, memories: dict[str, Memory]) -> None:
+    """Write the memories to an .npz file (no pickles)."""
     arrays = {}
-    for name, bank in banks.items():
-        arrays[f"{name}_vectors"], arrays[f"{name}_video"], arrays[f"{name}_row"] = bank.vectors, bank.video, bank.row
+    for name, memory in memories.items():
+        arrays[f"{name}_vectors"], arrays[f"{name}_video"], arrays[f"{name}_row"] = memory.vectors, memory.video, memory.row
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 
 
-def load_memory(path) -> dict[str, Bank]:
+def load_memory(path) -> dict[str, Memory]:
     with np.load(path, allow_pickle=False) as z:
-        return {name: Bank(z[f"{name}_vectors"], z[f"{name}_video"], z[f"{name}_row"]) for name in STREAMS}
+        return {name: Memory(z[f"{name}_vectors"], z[f"{name}_video"], z[f"{name}_row"]) for name in MEMORIES}

@@ -27,10 +27,11 @@ import cv2
 import numpy as np
 import torch
 
+from .config import ObjectsConfig
 from .datasets import decoder_check
 from .errors import ConfigError, WeightsUnavailableError
 
-COCO_KEPT_CLASSES = (0, 1, 2, 3, 7)  # person, bicycle, car, motorcycle, truck
+_DEFAULTS = ObjectsConfig()               # the detectors' defaults are the params' (one declaration)
 BOXES_FILE_COLUMNS = ("video", "frame", "x1", "y1", "x2", "y2", "confidence", "class")
 
 
@@ -110,7 +111,7 @@ class UltralyticsDetector:
     own loader: use files you trust.
     """
 
-    def __init__(self, weights: str, device: str = "cpu", size: int = 640):
+    def __init__(self, weights: str, device: str = "cpu", size: int = _DEFAULTS.detector_size):
         path = Path(weights).expanduser()
         if not path.exists() and (_offline() or os.sep in weights):
             raise WeightsUnavailableError(
@@ -159,8 +160,8 @@ class YOLOv5HubDetector:
     YOLOv5 .pt files are pickles read by yolov5's own loader: use files you trust.
     """
 
-    def __init__(self, model: str = "yolov5l", device: str = "cpu", hub_repo: str = "", weights: str = "",
-                 size: int = 640):
+    def __init__(self, model: str = _DEFAULTS.hub_model, device: str = "cpu", hub_repo: str = "", weights: str = "",
+                 size: int = _DEFAULTS.detector_size):
         self.size = size
         if hub_repo:
             repo, path = Path(hub_repo).expanduser(), Path(weights).expanduser()
@@ -209,7 +210,8 @@ class MotionDetector:
     pixels is one object, of class 0 (person) and confidence 1.
     """
 
-    def __init__(self, threshold: int = 25, min_area: int = 60, n_background: int = 50):
+    def __init__(self, threshold: int = _DEFAULTS.motion_threshold, min_area: int = _DEFAULTS.motion_min_area,
+                 n_background: int = _DEFAULTS.motion_background_frames):
         self.threshold, self.min_area, self.n_background = threshold, min_area, n_background
         self.background = None
 
@@ -353,14 +355,9 @@ def build_detector(cfg, device: str = "cpu"):
     return BoxesFileDetector(o.boxes_file, drop_invalid=o.boxes_drop_invalid)
 
 
-def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, confidence: float,
-                        classes, growth: float, final: bool = False) -> list[np.ndarray]:
-    """Objects of every clip of `video`: a list of B arrays (K_b, 4) of int boxes x1, y1, x2, y2.
-
-    The detector sees the middle frame of each clip only; each frame is decoded once. `final`: the
-    boxes are used as they are (no growth, no squaring).
-    """
-    max_w, max_h = video.frame_size
+def detect_middle_frames(video, starts: np.ndarray, clip_length: int, detector) -> list[np.ndarray]:
+    """The detector's raw detections on the middle frame of every clip of `video`: B arrays (K_b, 6)
+    of x1, y1, x2, y2, confidence, class (before any threshold or growth). Each frame is decoded once."""
     middles = [int(s) + middle_frame_offset(clip_length) for s in starts]
     with decoder_check(video):                                  # damaged frames: an error naming the file
         detector.begin_video(video)
@@ -368,7 +365,19 @@ def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, c
             detections = {i: detector.detect_at(i) for i in middles}
         else:
             detections = {i: detector.detect(frame) for i, frame in video.iter_frames(middles)}
-    return [select_objects(detections[i], confidence, classes, growth, max_w, max_h, final) for i in middles]
+    return [detections[i] for i in middles]
+
+
+def detect_clip_objects(video, starts: np.ndarray, clip_length: int, detector, confidence: float,
+                        classes, growth: float, final: bool = False) -> list[np.ndarray]:
+    """Objects of every clip of `video`: a list of B arrays (K_b, 4) of int boxes x1, y1, x2, y2.
+
+    The detector sees the middle frame of each clip only (detect_middle_frames); `final`: the
+    boxes are used as they are (no growth, no squaring).
+    """
+    max_w, max_h = video.frame_size
+    return [select_objects(d, confidence, classes, growth, max_w, max_h, final)
+            for d in detect_middle_frames(video, starts, clip_length, detector)]
 
 
 # ---------------------------------------------------------------------------------------------

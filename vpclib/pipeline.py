@@ -1,14 +1,24 @@
-"""Pipeline: the stage functions that the CLI and the notebooks call, in the order data flows.
+"""Pipeline: the spine (`run`) and the stage functions it calls, in the paper's order (METHOD.md §1-§8).
 
-    videos -> objects (boxes per clip) -> features (h5) -> memory (3 banks) -> scores -> metrics
+    0. videos     load_videos(cfg, work, split)                          -> [Video]       (test: labels)
+    1. objects    detect_objects(cfg, work, split, videos)               -> {video: [(K_b, 4)] * B}
+    2. features   extract_features(cfg, work, split, videos, boxes)      -> features/<split>.h5
+    3. memories   build_memories(cfg, work, train_videos, train_path)   -> {memory: Memory (N, D)}
+    4. scores     frame_table(cfg, test_features, memories)              -> per-frame scores (F,) of each memory
+    5. fusion     fuse(cfg, table, train_features, memories)             -> final scores, oracle and label-free
+    6. metrics    measure(cfg, table, fused, memories, test_features)    -> metrics.json's content
+                  evaluate(cfg, work, videos, memories, train_path, test_path): 4-6, scores.csv, metrics.json
 
-Each stage reads its inputs from the work directory, writes its artifact atomically with the
-parameters that made it, and reuses an artifact only when those parameters match.
+Each stage takes its inputs as arguments and never calls another stage to get them: `run`, the
+CLI's single stages (`run(..., until=stage)`) and the notebooks' cells pass them along, or read
+a finished stage's artifact back (`read_objects`, `read_split_features`, `read_memories`); stage
+2's output is its file, which stages 3-6 read only when their own artifact must be made. Caching
+is the work directory's one decision (`store.WorkDir.decide`, with the keys of `vpclib.keys`): a
+stage reuses its artifact when the key matches, writes it atomically with its key otherwise.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import warnings
@@ -20,18 +30,127 @@ import torch
 from tqdm.auto import tqdm
 
 from . import datasets, fusion, keys, metrics
-from .config import Config, stage_params  # noqa: F401  (stage_params: the parameter part of each key)
-from .encoder import build_encoder, preprocess, resolve_device
+from .config import STAGES, Config
+from .encoder import build_encoder, resolve_device
+from .engine import video_features
 from .errors import CacheMismatchError, NoObjectsError
-from .features import (global_descriptors, highlevel_vectors, local_maps, spatial_vectors,
-                       temporal_vectors)
-from .memory import STREAMS, Bank, build_bank, load_memory, save_memory
-from .objects import BoxesFileDetector, build_detector, crop_and_resize, detect_clip_objects
-from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores, nearest
+from .memory import MEMORIES, Memory, build_memory, load_memory, save_memory
+from .objects import BoxesFileDetector, build_detector, detect_clip_objects, middle_frame_offset
+from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores
 from .store import WorkDir, atomic_path, check_free_space, read_json, write_json
 
 SPLITS = ("train", "test")
 
+
+# ---------------------------------------------------------------------------------------------
+# the spine
+
+def run(cfg: Config, work_dir, overwrite: bool = False, until: str = "metrics", videos: dict | None = None,
+        encoder=None):
+    """Every stage in order up to `until` ('objects', 'features', 'memory' or 'metrics'), reusing
+    what the work directory holds. Returns the last stage's output (the metrics for a whole run).
+
+    work_dir: a folder or a WorkDir; videos: {"train": [...], "test": [...]} (default: both whole
+    splits); encoder: one already loaded (the ablations' sweeps). Everything that can be checked is
+    checked before a model loads or anything is written: both splits and the test labels, every
+    cache decision (a refused run writes nothing), the work directory, the encoder's parameters;
+    the encoder is loaded (a bad checkpoint fails here) before objects are detected. config.json is
+    written last: the config of the finished run that `vpc score` scores new video with.
+    """
+    resolve_device(cfg.device)                                               # cuda without a GPU: fail now
+    work = work_dir if isinstance(work_dir, WorkDir) else WorkDir(work_dir, overwrite=overwrite)
+    stages = STAGES[:STAGES.index(until) + 1]
+
+    # 0. videos: both splits, the test videos with their per-frame labels
+    videos = videos or {s: load_videos(cfg, work, s) for s in SPLITS}
+    decisions = plan(cfg, work, videos, stages)
+    work.check_writable()
+    if "features" in stages and encoder is None and any(decisions[f"features/{s}.h5"] != "reuse" for s in SPLITS):
+        encoder = load_encoder(cfg)
+
+    # 1. objects: the boxes of each clip, found on its middle frame
+    boxes = {s: detect_objects(cfg, work, s, videos[s]) for s in SPLITS}
+    if until == "objects":
+        return boxes
+
+    # 2. features: spatial (K, 49, C), temporal (K, T-1, C) per object, high-level (B, T, D) per clip
+    paths = {s: extract_features(cfg, work, s, videos[s], boxes[s], encoder=encoder) for s in SPLITS}
+    if until == "features":
+        return paths
+
+    # 3. memories: the coreset of the training vectors, one memory each (spatial, temporal, high-level)
+    memories = build_memories(cfg, work, videos["train"], paths["train"])
+    if until == "memory":
+        return memories
+
+    # 4. scores, 5. fusion, 6. metrics: scores.csv and metrics.json
+    result = evaluate(cfg, work, videos, memories, paths["train"], paths["test"])
+    write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
+    return result
+
+
+def artifact_keys(cfg: Config, videos: dict, stages=STAGES) -> dict[str, dict]:
+    """{artifact: its cache key} of the stages named (vpclib.keys)."""
+    k = {}
+    if "objects" in stages:
+        k |= {f"objects/{s}.json": keys.objects_key(cfg, s, videos[s]) for s in SPLITS}
+    if "features" in stages:
+        k |= {f"features/{s}.h5": keys.features_key(cfg, s, videos[s]) for s in SPLITS}
+    if "memory" in stages:
+        k["memory.npz"] = keys.memory_key(cfg, videos["train"])
+    if "metrics" in stages:
+        k["metrics.json"] = k["scores.csv"] = keys.metrics_key(cfg, videos["train"], videos["test"])
+    return k
+
+
+def plan(cfg: Config, work: WorkDir, videos: dict, stages=STAGES) -> dict[str, str]:
+    """{artifact: 'reuse' | 'resume' | 'make'} of the stages named; raises CacheMismatchError naming
+    every artifact made from other inputs or parameters, before anything is written."""
+    decisions, errors = {}, []
+    for name, key in artifact_keys(cfg, videos, stages).items():
+        try:
+            decisions[name] = work.decide(name, key)
+        except CacheMismatchError as err:
+            errors.append(str(err))
+    if errors:
+        raise CacheMismatchError(" | ".join(errors))
+    return decisions
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a finished stage's artifact back (the notebooks, the ablations, the explanations)
+
+def read_objects(cfg: Config, work: WorkDir, split: str, videos: list) -> dict[str, list[np.ndarray]]:
+    """Stage 1's boxes of a split from objects/<split>.json, made with these videos and parameters."""
+    path = work.require(f"objects/{split}.json", keys.objects_key(cfg, split, videos), "stage 1 (vpc objects)")
+    return _boxes_from_json(read_json(path)["videos"])
+
+
+def features_path(cfg: Config, work: WorkDir, split: str, videos: list) -> Path:
+    """Stage 2's features/<split>.h5, made with these videos and parameters."""
+    return work.require(f"features/{split}.h5", keys.features_key(cfg, split, videos), "stage 2 (vpc features)")
+
+
+def read_split_features(cfg: Config, work: WorkDir, split: str, videos: list) -> dict[str, dict[str, np.ndarray]]:
+    """Stage 2's features of a split (read_features of features/<split>.h5), made with these videos
+    and parameters."""
+    return read_features(features_path(cfg, work, split, videos))
+
+
+def read_memories(cfg: Config, work: WorkDir, train_videos: list) -> dict[str, Memory]:
+    """Stage 3's memories from memory.npz, made with these training videos and parameters."""
+    return load_memory(work.require("memory.npz", keys.memory_key(cfg, train_videos), "stage 3 (vpc memory)"))
+
+
+def evaluate_from(cfg: Config, work: WorkDir) -> dict:
+    """Stages 4-6 on the finished stages 2 and 3 of the work directory: the metrics."""
+    videos = {s: load_videos(cfg, work, s) for s in SPLITS}
+    paths = {s: features_path(cfg, work, s, videos[s]) for s in SPLITS}
+    return evaluate(cfg, work, videos, read_memories(cfg, work, videos["train"]), paths["train"], paths["test"])
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
 
 def progress(iterable=None, **kw):
     """tqdm progress bar, silenced with VPC_PROGRESS=0 (notebooks under nbval)."""
@@ -90,13 +209,13 @@ def video_clip_starts(cfg: Config, video) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # 1. objects
 
-def detect_objects(cfg: Config, work: WorkDir, split: str, videos=None, detector=None) -> dict[str, list[np.ndarray]]:
-    """Boxes of every clip of every video of a split: {video: [(K_b, 4) int boxes] * B}.
+def detect_objects(cfg: Config, work: WorkDir, split: str, videos: list, detector=None) -> dict[str, list[np.ndarray]]:
+    """Stage 1. Boxes of every clip of every video of a split: {video: [(K_b, 4) int boxes] * B}.
 
-    Cached in objects/<split>.json (key: keys.objects_key); an interrupted run resumes video by video.
+    Writes objects/<split>.json (key: keys.objects_key); an interrupted run resumes video by video.
+    A boxes file without a split column needs the other split's video names to tell its rows
+    apart: they are listed from the dataset (stage 0), no stage runs for them.
     """
-    from .objects import middle_frame_offset
-    videos = videos if videos is not None else load_videos(cfg, work, split)
     name, key = f"objects/{split}.json", keys.objects_key(cfg, split, videos)
     if work.ready(name, key):
         return _boxes_from_json(read_json(work.path(name))["videos"])
@@ -151,157 +270,18 @@ def _boxes_from_json(videos: dict) -> dict[str, list[np.ndarray]]:
 # ---------------------------------------------------------------------------------------------
 # 2. features
 
-def encode(encoder, crops: torch.Tensor, mode: str, batch_size: int, reduce, channels_last: bool = False) -> torch.Tensor:
-    """Run the encoder over crops (N, S, S, 3) in batches; `reduce(mid, deep)` each batch; concat.
+def extract_features(cfg: Config, work: WorkDir, split: str, videos: list, boxes: dict[str, list[np.ndarray]],
+                     encoder=None) -> Path:
+    """Stage 2. features/<split>.h5: one group per video with its vectors (`engine.video_features`:
+    spatial (K, 49, C), temporal_mean / temporal_max (K, T-1, C), highlevel (B, T, D), object_clip
+    (K,), boxes (K, 4), clip_start (B,), the test labels); resumes video by video. Returns its path.
 
-    Each batch goes to the encoder's device, then `preprocess` makes it a contiguous NCHW float
-    tensor (the reference's layout). With `channels_last` (the exact arithmetic on CUDA) it goes in
-    channels-last layout instead, cuDNN's fast path, and the encoder's weights are put in that
-    layout once (the same values: convolutions then need no per-call weight transposes).
+    boxes: stage 1's {video: [(K_b, 4)] * B}. Key: keys.features_key (the objects' key, the
+    encoder, C; the test labels, kept in the file).
     """
-    if channels_last and not getattr(encoder, "channels_last", False):
-        encoder.to(memory_format=torch.channels_last)
-        encoder.channels_last = True
-    out = []
-    for i in range(0, len(crops), batch_size):
-        x = preprocess(crops[i:i + batch_size].to(encoder.device, non_blocking=True), mode)  # (b, 3, 224, 224)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(reduce(*encoder(x)))
-    return torch.cat(out) if out else torch.empty(0, device=encoder.device)
-
-
-def cropping_device(cfg: Config, device) -> torch.device:
-    """Where the frames of a chunk are cropped: the host for OpenCV's uint8 resize (reference
-    arithmetic), the encoder's device for the batched float resize (exact arithmetic)."""
-    return torch.device("cpu") if cfg.arithmetic == "reference" else torch.device(device)
-
-
-def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: Config) -> dict[str, torch.Tensor]:
-    """All vectors of a run of consecutive clips.
-
-    frames (B*T, H, W, 3) uint8 BGR (on the host for the reference arithmetic, else on the
-    encoder's device), clip b holding frames b*T .. b*T+T-1; boxes: B arrays (K_b, 4). Returns
-    spatial (K, 49, C), temporal_mean / temporal_max (K, T-1, C), highlevel (B, T, D) and
-    object_clip (K,), all on the encoder's device.
-
-    Crops are cut one encoder batch at a time, so the crops never exceed one batch; on CUDA the few
-    host arrays (boxes) go through pinned memory, so nothing here waits for the device.
-    """
-    t, c = cfg.method.clip_length, cfg.method.channel_groups
-    mode, batch = cfg.encoder.preprocessing, cfg.encoder.batch_size
-    n_frames, height, width = frames.shape[:3]
-    n_clips = n_frames // t
-    device, where = encoder.device, frames.device                           # vectors, crops
-    channels_last = cfg.arithmetic == "exact" and device.type == "cuda"
-
-    def to(x: np.ndarray, target: torch.device) -> torch.Tensor:              # no host sync on CUDA
-        x = torch.as_tensor(x, dtype=torch.long)
-        return x.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else x
-
-    def encode_crops(frame_index, crop_boxes, size, reduce):                  # (N,), (N, 4) -> (N, ...)
-        return torch.cat([encode(encoder, crop_and_resize(frames, frame_index[i:i + batch], crop_boxes[i:i + batch],
-                                                          size, cfg.arithmetic),
-                                 mode, batch, reduce, channels_last) for i in range(0, len(frame_index), batch)])
-
-    # global stream: every whole frame resized to 224 x 224
-    full = torch.zeros(n_frames, 4, dtype=torch.long, device=where)         # (B*T, 4) boxes 0, 0, W, H
-    full[:, 2], full[:, 3] = width, height
-    g = encode_crops(torch.arange(n_frames, device=where), full, 224, global_descriptors)  # (B*T, D)
-    g = g.view(n_clips, t, -1).transpose(1, 2)                                # (B, D, T)
-    out = {"highlevel": highlevel_vectors(g)}                                 # (B, T, D)
-
-    # local stream: each object's box cut from the T frames of its clip
-    counts = [len(k) for k in boxes]
-    n_obj = sum(counts)
-    object_clip = np.repeat(np.arange(len(boxes)), counts)                   # (K,)
-    out["object_clip"] = to(object_clip, device)
-    if n_obj == 0:
-        out["spatial"] = torch.zeros(0, 49, c, device=device)
-        out["temporal_mean"] = out["temporal_max"] = torch.zeros(0, t - 1, c, device=device)
-        return out
-    obj_boxes = to(np.concatenate([k for k in boxes if len(k)]).reshape(-1, 4), where)  # (K, 4)
-    frame_index = (to(object_clip, where)[:, None] * t + torch.arange(t, device=where)[None]).reshape(-1)  # (K*T,)
-    crop_boxes = obj_boxes[:, None].expand(n_obj, t, 4).reshape(-1, 4)       # (K*T, 4)
-    maps = encode_crops(frame_index, crop_boxes, cfg.objects.crop_size,
-                        lambda m, d: local_maps(m, d, c))                     # (K*T, C, 28, 28)
-    local = maps.view(n_obj, t, c, 28, 28).permute(0, 2, 1, 3, 4)             # (K, C, T, 28, 28)
-    out["spatial"] = spatial_vectors(local)                                   # (K, 49, C)
-    out["temporal_mean"] = temporal_vectors(local, "mean")                    # (K, T-1, C)
-    out["temporal_max"] = temporal_vectors(local, "max")                      # (K, T-1, C)
-    return out
-
-
-def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, cfg: Config,
-                   clips_per_chunk: int | None = None, on_clips=None) -> dict[str, np.ndarray]:
-    """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time.
-
-    Decoding runs in background threads (a pool over frame files; one thread over a video file),
-    up to two chunks ahead of the encoder. On CUDA a chunk is decoded straight into pinned memory
-    and copied without blocking, and the vectors stay on the device until the video ends: one
-    host sync per video, so decoding, copies and the encoder overlap. `on_clips(n)` is called
-    after each chunk of n clips (progress).
-    """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    t = cfg.method.clip_length
-    device = encoder.device
-    crop_device = cropping_device(cfg, device)
-    cuda = device.type == "cuda"
-    clips_per_chunk = clips_per_chunk or max(1, (256 if cuda else 128) // t)
-    chunks = [(lo, min(clips_per_chunk, len(starts) - lo)) for lo in range(0, len(starts), clips_per_chunk)]
-    needed = [int(s) + i for s in starts for i in range(t)]
-    width, height = video.frame_size
-    paths = getattr(video, "frame_paths", None)                               # None: decode sequentially
-    frame_iter = video.iter_frames(needed)                                    # checks the indices up front
-
-    def decode(lo: int, n: int) -> torch.Tensor:                              # -> (n*T, H, W, 3) uint8
-        buf = torch.empty((n * t, height, width, 3), dtype=torch.uint8, pin_memory=cuda)
-        arr = buf.numpy()
-        if paths is None:
-            for j, (_, frame) in enumerate(itertools.islice(frame_iter, n * t)):
-                arr[j] = frame
-        else:
-            def read(j):
-                arr[j] = video.decode(needed[lo * t + j])                     # checked: complete, same size
-            list(readers.map(read, range(n * t)))
-        return buf
-
-    n_readers = 1 if paths is None else min(16, os.cpu_count() or 1)
-    parts, in_flight = [], deque()
-    # damaged frames (the decoder's messages on stderr): an error naming the files, after the pools end
-    with datasets.decoder_check(video), ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(n_readers) as readers:
-        pending = deque(ahead.submit(decode, lo, n) for lo, n in chunks[:2])
-        for k, (lo, n) in enumerate(chunks):
-            frames = pending.popleft().result()                               # (n*T, H, W, 3)
-            if k + 2 < len(chunks):
-                pending.append(ahead.submit(decode, *chunks[k + 2]))
-            feats = clip_features(frames.to(crop_device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
-            feats["object_clip"] = feats["object_clip"] + lo
-            parts.append(feats)
-            if on_clips is not None:
-                on_clips(n)
-            if cuda:                                                          # at most 2 chunks queued on the device
-                in_flight.append(torch.cuda.Event())
-                in_flight[-1].record(torch.cuda.current_stream(device))
-                if len(in_flight) > 2:
-                    in_flight.popleft().synchronize()
-    out = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
-    out["boxes"] = np.concatenate([b for b in boxes] or [np.zeros((0, 4))]).reshape(-1, 4).astype(np.int64)
-    return out
-
-
-def extract_features(cfg: Config, work: WorkDir, split: str, videos=None, encoder=None) -> Path:
-    """Write features/<split>.h5: one group per video with its vectors; resumes video by video.
-
-    Key: keys.features_key (the objects' key, the encoder, C; the test labels, kept in the file).
-    """
-    videos = videos if videos is not None else load_videos(cfg, work, split)
     name, key = f"features/{split}.h5", keys.features_key(cfg, split, videos)
     if work.ready(name, key):
         return work.path(name)
-    boxes = detect_objects(cfg, work, split, videos)
     partial = work.path(name + ".partial")
     resume = work.check_partial(name, key)
     work.commit(name + ".partial", key)
@@ -359,7 +339,7 @@ def read_features(path) -> dict[str, dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. memory
+# 3. memories
 
 def memory_vectors(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One training video's memory candidates: spatial (K*49, C), temporal (K*(T-1), C), high-level (B*T, D)."""
@@ -370,46 +350,48 @@ def memory_vectors(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def build_memories(cfg: Config, work: WorkDir, train_videos=None) -> dict[str, Bank]:
-    """memory.npz: the spatial, temporal and high-level banks from the training features (of
-    `train_videos`, by default the whole training split)."""
-    train_videos = train_videos if train_videos is not None else load_videos(cfg, work, "train")
+def build_memories(cfg: Config, work: WorkDir, train_videos: list, train_path) -> dict[str, Memory]:
+    """Stage 3. memory.npz: the spatial, temporal and high-level memories, each the coreset of the
+    training vectors (memory_vectors of each video of stage 2's features/train.h5, `train_path`)."""
     name, key = "memory.npz", keys.memory_key(cfg, train_videos)
     if work.ready(name, key):
         return load_memory(work.path(name))
-    train = read_features(extract_features(cfg, work, "train", videos=train_videos))
-    per_stream = {s: [memory_vectors(f)[s] for f in train.values()] for s in STREAMS}
+    train = read_features(train_path)
+    per_memory = {s: [memory_vectors(f)[s] for f in train.values()] for s in MEMORIES}
     device = resolve_device(cfg.device)
     m = cfg.method
-    banks = {s: build_bank(per_stream[s], m.coreset_ratio, device, m.coreset_projection, m.coreset_projection_eps)
-             for s in progress(STREAMS, desc="memory", unit="bank")}
+    memories = {s: build_memory(per_memory[s], m.coreset_ratio, device, m.coreset_projection, m.coreset_projection_eps)
+                for s in progress(MEMORIES, desc="memory", unit="memory")}
     with atomic_path(work.path(name)) as tmp:
-        save_memory(tmp, banks)
+        save_memory(tmp, memories)
     work.commit(name, key)
-    return banks
+    return memories
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. scores
 
-def video_clip_scores(feats: dict[str, np.ndarray], banks: dict[str, np.ndarray], power: int, device: str,
-                      arithmetic: str = "reference") -> dict[str, np.ndarray]:
-    """Clip scores (B,) of each stream for one video, against banks {stream: (N, D)}."""
+def video_clip_scores(feats: dict[str, np.ndarray], memories: dict[str, np.ndarray], power: int, device: str,
+                      arithmetic: str = "reference", knn: str = "exact", candidates: int = 16) -> dict[str, np.ndarray]:
+    """Clip scores (B,) against each memory for one video, memories {memory: (N, D)}.
+
+    knn, candidates: the exact arithmetic's nearest-neighbour search (`scoring.knn`, `scores.set_distances`)."""
     n_clips = len(feats["clip_start"])
-    bank = {s: torch.as_tensor(banks[s], device=device) for s in STREAMS}
+    on_device = {s: torch.as_tensor(memories[s], device=device) for s in MEMORIES}    # (N, D) each
     obj = torch.as_tensor(feats["object_clip"], device=device)
     as_t = lambda x: torch.as_tensor(x, device=device)
-    return {
-        "spatial": local_clip_scores(as_t(feats["spatial"]), obj, n_clips, bank["spatial"], power, arithmetic).cpu().numpy(),
-        "temporal": local_clip_scores(as_t(feats["temporal_max"]), obj, n_clips, bank["temporal"], power,
-                                      arithmetic).cpu().numpy(),
-        "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), bank["highlevel"], power, arithmetic).cpu().numpy(),
+    search = dict(arithmetic=arithmetic, knn=knn, candidates=candidates)
+    clip = {
+        "spatial": local_clip_scores(as_t(feats["spatial"]), obj, n_clips, on_device["spatial"], power, **search),
+        "temporal": local_clip_scores(as_t(feats["temporal_max"]), obj, n_clips, on_device["temporal"], power, **search),
+        "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), on_device["highlevel"], power, **search),
     }
+    return {s: c.cpu().numpy() for s, c in clip.items()}
 
 
-def frame_table(cfg: Config, feats_by_video: dict, banks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def frame_table(cfg: Config, feats_by_video: dict, memories: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-frame scores of every video, concatenated: video (index), frame, label, label_frame, and
-    one column per stream.
+    one column per memory (spatial, temporal, highlevel).
 
     Frames that belong to no clip get no score; labels are truncated the same way (the reference).
     `frame` is the frame a score belongs to, `label_frame` the frame whose label stands beside it:
@@ -417,11 +399,12 @@ def frame_table(cfg: Config, feats_by_video: dict, banks: dict[str, np.ndarray])
     frames 1..B*T with the labels of frames 0..B*T-1 (kept for the AUC; METHOD.md §9).
     """
     t, device = cfg.method.clip_length, resolve_device(cfg.device)
-    cols = {k: [] for k in ("video", "frame", "label", "label_frame", *STREAMS)}
+    cols = {k: [] for k in ("video", "frame", "label", "label_frame", *MEMORIES)}
     for v, feats in enumerate(feats_by_video.values()):
-        clip = video_clip_scores(feats, banks, cfg.method.power, device, cfg.arithmetic)
+        clip = video_clip_scores(feats, memories, cfg.method.power, device, cfg.arithmetic,
+                                 cfg.scoring.knn, cfg.scoring.knn_candidates)
         n = len(feats["clip_start"]) * t
-        for s in STREAMS:
+        for s in MEMORIES:
             cols[s].append(clip_to_frames(clip[s], t))
         cols["video"].append(np.full(n, v))
         cols["frame"].append(feats["clip_start"][0] + np.arange(n))
@@ -431,64 +414,74 @@ def frame_table(cfg: Config, feats_by_video: dict, banks: dict[str, np.ndarray])
     return {k: np.concatenate(c) for k, c in cols.items()}
 
 
-def leave_one_out_scores(cfg: Config, train_feats: dict, banks: dict[str, Bank]) -> dict[str, np.ndarray] | None:
+def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
     """Training videos scored like test videos against memories of the OTHER training videos.
 
-    Returns per-frame scores of each stream (normal data only), or None with one training video.
+    Returns per-frame scores against each memory (normal data only), or None with one training video.
     """
     if len(train_feats) < 2:
         return None
     t, device = cfg.method.clip_length, resolve_device(cfg.device)
-    out = {s: [] for s in STREAMS}
+    out = {s: [] for s in MEMORIES}
     for v, feats in enumerate(train_feats.values()):
-        others = {s: banks[s].without_video(v) for s in STREAMS}
+        others = {s: memories[s].without_video(v) for s in MEMORIES}
         if any(len(x) == 0 for x in others.values()):
             continue
-        clip = video_clip_scores(feats, others, cfg.method.power, device, cfg.arithmetic)
-        for s in STREAMS:
+        clip = video_clip_scores(feats, others, cfg.method.power, device, cfg.arithmetic,
+                                 cfg.scoring.knn, cfg.scoring.knn_candidates)
+        for s in MEMORIES:
             out[s].append(clip_to_frames(clip[s], t))
     return {s: np.concatenate(x) for s, x in out.items()} if out["spatial"] else None
 
 
+def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory]) -> dict | None:
+    """The label-free calibration: {memory: (mean, std)} of the training videos' leave-one-out
+    scores; None in 'fixed' mode, or when it cannot be computed (one training video)."""
+    if cfg.fusion.labelfree != "calibrated":
+        return None
+    loo = leave_one_out_scores(cfg, train_features, memories)
+    return fusion.calibration_stats(loo) if loo is not None else None
+
+
 # ---------------------------------------------------------------------------------------------
-# 5. metrics
+# 5. fusion
 
-def evaluate(cfg: Config, work: WorkDir, videos: dict | None = None) -> dict:
-    """Score the test set, fuse both ways, write scores.csv and metrics.json; return the metrics.
+def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memories: dict[str, Memory], bar=None) -> dict:
+    """Both fusions of the per-frame scores (F,): the reference (oracle) protocol, its weights and
+    sigma searched on the test labels, and the label-free one, calibrated on the training videos.
 
-    videos: {"train": [...], "test": [...]} (default: both whole splits). Key: keys.metrics_key
-    (memory, test features and labels, power, fusion); a matching metrics.json is returned as is.
+    Returns {"oracle": fusion.OracleResult, "final_oracle" (F,), "stats", "mode", "final_labelfree" (F,)}.
     """
-    videos = videos or {}
-    videos = {s: videos[s] if s in videos else load_videos(cfg, work, s) for s in SPLITS}
-    key = keys.metrics_key(cfg, videos["train"], videos["test"])
-    if work.ready("metrics.json", key) and work.ready("scores.csv", key):
-        return read_json(work.path("metrics.json"))
-    banks = build_memories(cfg, work, videos["train"])
-    test = read_features(extract_features(cfg, work, "test", videos=videos["test"]))
-    train = read_features(work.path("features/train.h5"))
-    with progress(total=3, desc="scores and fusion", unit="step") as bar:
-        bar.set_postfix_str("scoring the test videos")
-        table = frame_table(cfg, test, {s: b.vectors for s, b in banks.items()})
-        bar.update(1)
+    labels, vid = table["label"], table["video"]
+    sp, tp, hl = table["spatial"], table["temporal"], table["highlevel"]
+    f = cfg.fusion
+    if bar is not None:
         bar.set_postfix_str("oracle grid search")
-        labels, vid = table["label"], table["video"]
-        sp, tp, hl = table["spatial"], table["temporal"], table["highlevel"]
-        f = cfg.fusion
-        oracle = fusion.oracle_search(sp, tp, hl, labels, vid, f.a_grid, f.b_grid, f.sigma_grid)
-        final_oracle = fusion.reference_all_streams(sp, tp, hl, vid, oracle.a, oracle.b, oracle.sigma)
+    oracle = fusion.oracle_search(sp, tp, hl, labels, vid, f.a_grid, f.b_grid, f.sigma_grid)
+    final_oracle = fusion.reference_all_streams(sp, tp, hl, vid, oracle.a, oracle.b, oracle.sigma)
+    if bar is not None:
         bar.update(1)
         bar.set_postfix_str("label-free calibration (training videos, leave one out)")
-        loo = leave_one_out_scores(cfg, train, banks) if f.labelfree == "calibrated" else None
-        stats = fusion.calibration_stats(loo) if loo is not None else None
-        mode = "calibrated" if stats else "fixed"
-        final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
+    stats = calibrate(cfg, train_features, memories)
+    final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
+    if bar is not None:
         bar.update(1)
+    return {"oracle": oracle, "final_oracle": final_oracle, "stats": stats,
+            "mode": "calibrated" if stats else "fixed", "final_labelfree": final_free}
 
-    names = list(test)
+
+# ---------------------------------------------------------------------------------------------
+# 6. metrics
+
+def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: dict[str, Memory], test_features: dict) -> dict:
+    """metrics.json's content: micro and macro AUC of both fusions, each memory's AUC alone, the
+    oracle's weights, the label-free calibration, per-video AUCs and the memories' sizes."""
+    labels, vid, f = table["label"], table["video"], cfg.fusion
+    oracle, final_oracle, final_free = fused["oracle"], fused["final_oracle"], fused["final_labelfree"]
+    names = list(test_features)
     per_oracle = metrics.per_video_auc(labels, final_oracle, vid)
     per_free = metrics.per_video_auc(labels, final_free, vid)
-    result = {
+    return {
         "dataset": cfg.data.name,
         "n_test_videos": len(names),
         "n_test_frames": int(len(labels)),
@@ -499,20 +492,43 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict | None = None) -> dict:
         "auc_macro_labelfree": metrics.macro_auc(labels, final_free, vid),
         "auc_local_oracle": oracle.auc_local,
         "a": oracle.a, "b": oracle.b, "sigma": oracle.sigma, "sigma_local": oracle.sigma_local,
-        "labelfree": {"mode": mode, "a": f.a, "b": f.b, "sigma": f.sigma, "stats": stats},
-        "auc_stream": {s: metrics.auc(labels, table[s]) for s in STREAMS},
+        "labelfree": {"mode": fused["mode"], "a": f.a, "b": f.b, "sigma": f.sigma, "stats": fused["stats"]},
+        "auc_stream": {s: metrics.auc(labels, table[s]) for s in MEMORIES},   # (the key's old name: each memory alone)
         "per_video": {names[v]: {"oracle": per_oracle[v], "labelfree": per_free[v]} for v in per_oracle},
         "memory": {s: {"vectors": int(b.vectors.shape[0]), "dims": int(b.vectors.shape[1]),
-                       "megabytes": round(b.megabytes, 3)} for s, b in banks.items()},
-        "videos_without_objects": [n for n, feats in test.items() if len(feats["object_clip"]) == 0],
+                       "megabytes": round(b.megabytes, 3)} for s, b in memories.items()},
+        "videos_without_objects": [n for n, feats in test_features.items() if len(feats["object_clip"]) == 0],
         "config": cfg.to_dict(),
     }
-    write_scores_csv(work.path("scores.csv"), names, table, final_oracle, final_free)
+
+
+def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memory], train_path, test_path) -> dict:
+    """Stages 4-6: score the test set (frame_table), fuse both ways (fuse), measure; write scores.csv
+    and metrics.json; return the metrics.
+
+    videos: {"train": [...], "test": [...]} (the key); memories: stage 3's; train_path, test_path:
+    stage 2's features files. Key: keys.metrics_key (memory, test features and labels, power,
+    fusion); a matching metrics.json is returned as is.
+    """
+    key = keys.metrics_key(cfg, videos["train"], videos["test"])
+    if work.ready("metrics.json", key) and work.ready("scores.csv", key):
+        return read_json(work.path("metrics.json"))
+    test_features, train_features = read_features(test_path), read_features(train_path)
+    with progress(total=3, desc="scores and fusion", unit="step") as bar:
+        bar.set_postfix_str("scoring the test videos")
+        table = frame_table(cfg, test_features, {s: b.vectors for s, b in memories.items()})     # 4.
+        bar.update(1)
+        fused = fuse(cfg, table, train_features, memories, bar)                                 # 5.
+    result = measure(cfg, table, fused, memories, test_features)                                 # 6.
+    write_scores_csv(work.path("scores.csv"), list(test_features), table, fused["final_oracle"], fused["final_labelfree"])
     write_json(work.path("metrics.json"), result)
     work.commit("scores.csv", key)
     work.commit("metrics.json", key)
     return read_json(work.path("metrics.json"))                             # the same value as a later cached call
 
+
+# ---------------------------------------------------------------------------------------------
+# scores.csv
 
 def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
     """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, final_oracle,
@@ -525,53 +541,6 @@ def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
                       f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
 
 
-def plan(cfg: Config, work: WorkDir, videos: dict) -> dict[str, str]:
-    """{artifact: 'reuse' | 'resume' | 'make'} of a whole run; raises CacheMismatchError naming every
-    artifact made from other inputs or parameters, before anything is written."""
-    k = {f"objects/{s}.json": keys.objects_key(cfg, s, videos[s]) for s in SPLITS}
-    k |= {f"features/{s}.h5": keys.features_key(cfg, s, videos[s]) for s in SPLITS}
-    k["memory.npz"] = keys.memory_key(cfg, videos["train"])
-    k["metrics.json"] = k["scores.csv"] = keys.metrics_key(cfg, videos["train"], videos["test"])
-    decisions, errors = {}, []
-    for name, key in k.items():
-        try:
-            decisions[name] = work.decide(name, key)
-        except CacheMismatchError as err:
-            errors.append(str(err))
-    if errors:
-        raise CacheMismatchError(" | ".join(errors))
-    return decisions
-
-
-def run(cfg: Config, work_dir, overwrite: bool = False) -> dict:
-    """Every stage, in order, reusing what is cached. Returns the metrics.
-
-    Everything that can be checked is checked before a model loads or anything is written: both
-    splits and the test labels, every cache decision (a refused run writes nothing), the work
-    directory, the encoder's parameters; the encoder is loaded (a bad checkpoint fails here) before
-    objects are detected. config.json is written last: it is the config of the finished run that
-    `vpc score` scores new video with (memory.npz, metrics.json).
-    """
-    resolve_device(cfg.device)                                               # cuda without a GPU: fail now
-    work = WorkDir(work_dir, overwrite=overwrite)
-    videos = {s: load_videos(cfg, work, s) for s in SPLITS}
-    decisions = plan(cfg, work, videos)
-    work.check_writable()
-    encoder = None
-    if any(decisions[f"features/{s}.h5"] != "reuse" for s in SPLITS):
-        encoder = load_encoder(cfg)
-    for split in SPLITS:
-        detect_objects(cfg, work, split, videos[split])
-    for split in SPLITS:
-        extract_features(cfg, work, split, videos[split], encoder=encoder)
-    result = evaluate(cfg, work, videos)
-    write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. reading results back, and explaining a score (the notebooks)
-
 def read_scores(path) -> dict[str, np.ndarray]:
     """scores.csv -> {column: (F,) array}: video names as str, frame and label as int, scores as float."""
     import csv
@@ -579,65 +548,3 @@ def read_scores(path) -> dict[str, np.ndarray]:
         header, *rows = list(csv.reader(f))
     kinds = {"video": str, "frame": np.int64, "label": np.int64, "label_frame": np.int64}
     return {name: np.array([r[j] for r in rows], dtype=kinds.get(name, np.float64)) for j, name in enumerate(header)}
-
-
-@torch.no_grad()
-def nearest_memory(queries: np.ndarray, bank: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's nearest memory vector: (Q, D), (N, D) -> exact distances (Q,), indices (Q,) into the bank."""
-    distance, index = nearest(torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(bank, dtype=torch.float32),
-                              chunk=chunk)
-    return distance.numpy(), index.numpy()
-
-
-def crop_object(video, frame: int, box, size: int) -> np.ndarray:
-    """frame[y1:y2, x1:x2] of a video resized to size x size (BGR uint8), for display."""
-    import cv2
-    x1, y1, x2, y2 = (int(v) for v in box)
-    return cv2.resize(video.read_frame(int(frame))[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def explain_spatial(cfg: Config, work: WorkDir, n_examples: int = 4, crop_size: int = 112) -> list[dict]:
-    """The most anomalous test objects by spatial score (one per video, highest first), each with
-    its worst patch and the training patch nearest to that patch in the spatial memory.
-
-    The memory remembers where each vector came from (Bank.video, Bank.row): for the spatial bank,
-    object = row // 49 and patch = row % 49 among that training video's objects. Crops are cut
-    from the clip's middle frame (the frame the detector saw).
-    """
-    from .objects import middle_frame_offset
-    banks = build_memories(cfg, work)
-    bank = banks["spatial"]
-    test = read_features(extract_features(cfg, work, "test"))
-    train = read_features(extract_features(cfg, work, "train"))
-    worst = []                                                                # (distance, video, object, patch)
-    for name, feats in test.items():
-        k, n_patches, c = feats["spatial"].shape
-        if k == 0:
-            continue
-        dist, _ = nearest_memory(feats["spatial"].reshape(-1, c), bank.vectors)
-        dist = dist.reshape(k, n_patches)                                     # (K, 49)
-        obj = int(dist.max(1).argmax())
-        worst.append((float(dist[obj].max()), name, obj, int(dist[obj].argmax())))
-    worst.sort(key=lambda w: -w[0])
-    videos = {s: {v.name: v for v in load_videos(cfg, work, s)} for s in SPLITS}
-    train_names, offset = list(train), middle_frame_offset(cfg.method.clip_length)
-    out = []
-    for distance, name, obj, patch in worst[:n_examples]:
-        feats = test[name]
-        _, (m,) = nearest_memory(feats["spatial"][obj, patch][None], bank.vectors)
-        mem_name = train_names[int(bank.video[m])]
-        mem_obj, mem_patch = divmod(int(bank.row[m]), feats["spatial"].shape[1])
-        mem = train[mem_name]
-        frame = int(feats["clip_start"][feats["object_clip"][obj]]) + offset
-        mem_frame = int(mem["clip_start"][mem["object_clip"][mem_obj]]) + offset
-        out.append({
-            "test_video": name, "test_frame": frame, "test_box": feats["boxes"][obj].tolist(), "test_patch": patch,
-            "distance": distance, "score": distance ** cfg.method.power,
-            "memory_video": mem_name, "memory_frame": mem_frame, "memory_box": mem["boxes"][mem_obj].tolist(),
-            "memory_patch": mem_patch,
-            "test_crop": crop_object(videos["test"][name], frame, feats["boxes"][obj], crop_size),
-            "memory_crop": crop_object(videos["train"][mem_name], mem_frame, mem["boxes"][mem_obj], crop_size),
-            "test_title": f"test {name} frame {frame}, patch {patch}\ndistance to memory {distance:.2f}",
-            "memory_title": f"nearest: train {mem_name} frame {mem_frame}, patch {mem_patch}",
-        })
-    return out

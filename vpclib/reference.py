@@ -14,13 +14,13 @@ The same numbers as `vpclib.pipeline`, computed the slow, obvious way, on purpos
   neighbour cdist finds).
 
 The feature arithmetic (`vpclib.features`), the pixel scaling (`vpclib.encoder.preprocess`) and
-the coreset (`vpclib.memory.build_bank`) are shared with the pipeline: what differs is the
+the coreset (`vpclib.memory.build_memory`) are shared with the pipeline: what differs is the
 structure, not the method. tests/test_fast_path.py checks that both give the same per-frame
 scores; benchmarks/throughput.py measures the difference in speed.
 
     extract_features(videos, boxes, encoder, cfg, path)  -> h5: /<video>/<clip>/<vectors>
-    build_memories(path, cfg)                            -> {stream: Bank}
-    frame_scores(path, banks, cfg)                       -> {stream: (F,)} per-frame scores
+    build_memories(path, cfg)                            -> {stream: Memory}
+    frame_scores(path, memories, cfg)                       -> {stream: (F,)} per-frame scores
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .datasets import clip_starts
 from .encoder import INPUT_SIZE, preprocess
 from .features import (global_descriptors, highlevel_vectors, local_maps, spatial_vectors,
                        temporal_vectors)
-from .memory import STREAMS, Bank, build_bank
+from .memory import MEMORIES, Memory, build_memory
 
 
 def read_frame(video, i: int) -> np.ndarray:
@@ -121,50 +121,50 @@ def _clips(path):
                 yield v, n_clips, b, {k: h5[name][str(b)][k][()] for k in h5[name][str(b)]}
 
 
-def build_memories(path, cfg: Config, device: str = "cpu") -> dict[str, Bank]:
-    """The three banks from training vectors read back clip by clip (the pipeline's coreset)."""
-    per_video = {s: [] for s in STREAMS}
-    current = {s: [] for s in STREAMS}
+def build_memories(path, cfg: Config, device: str = "cpu") -> dict[str, Memory]:
+    """The three memories from training vectors read back clip by clip (the pipeline's coreset)."""
+    per_video = {s: [] for s in MEMORIES}
+    current = {s: [] for s in MEMORIES}
     for v, n_clips, b, vec in _clips(path):
         c = vec["spatial"].shape[-1]
         current["spatial"].append(vec["spatial"].reshape(-1, c))
         current["temporal"].append(vec["temporal_mean"].reshape(-1, c))   # MEAN for memory
         current["highlevel"].append(vec["highlevel"])
         if b == n_clips - 1:
-            for s in STREAMS:
+            for s in MEMORIES:
                 per_video[s].append(np.concatenate(current[s]))
-            current = {s: [] for s in STREAMS}
+            current = {s: [] for s in MEMORIES}
     m = cfg.method
-    return {s: build_bank(per_video[s], m.coreset_ratio, device, m.coreset_projection, m.coreset_projection_eps)
-            for s in STREAMS}
+    return {s: build_memory(per_video[s], m.coreset_ratio, device, m.coreset_projection, m.coreset_projection_eps)
+            for s in MEMORIES}
 
 
-def set_score(queries: np.ndarray, bank: torch.Tensor, power: int, arithmetic: str = "reference") -> float:
+def set_score(queries: np.ndarray, memory: torch.Tensor, power: int, arithmetic: str = "reference") -> float:
     """s(Q, M) = (max over q of min over m of ||q - m||) ** n, straight from torch.cdist.
 
     queries (V, D) are laid out as the authors' reshapes leave them: the transpose of a contiguous
     (D, V) array. exact: the distance to the neighbour cdist finds, recomputed as ||q - m||.
     """
-    q = torch.as_tensor(np.ascontiguousarray(np.asarray(queries).T), device=bank.device).T  # (V, D)
-    d, nearest = torch.cdist(q, bank).min(1)                                # (V,)
+    q = torch.as_tensor(np.ascontiguousarray(np.asarray(queries).T), device=memory.device).T  # (V, D)
+    d, nearest = torch.cdist(q, memory).min(1)                                # (V,)
     if arithmetic == "exact":
-        d = torch.linalg.vector_norm(q - bank[nearest], dim=1)
+        d = torch.linalg.vector_norm(q - memory[nearest], dim=1)
     return float(d.max() ** power)
 
 
-def frame_scores(path, banks: dict[str, np.ndarray], cfg: Config, device: str = "cpu") -> dict[str, np.ndarray]:
+def frame_scores(path, memories: dict[str, np.ndarray], cfg: Config, device: str = "cpu") -> dict[str, np.ndarray]:
     """Per-frame scores of every stream, all videos concatenated, with a Python loop over objects."""
     t, power = cfg.method.clip_length, cfg.method.power
-    bank = {s: torch.as_tensor(np.asarray(banks[s]), dtype=torch.float32, device=device) for s in STREAMS}
-    out = {s: [] for s in STREAMS}
+    memory = {s: torch.as_tensor(np.asarray(memories[s]), dtype=torch.float32, device=device) for s in MEMORIES}
+    out = {s: [] for s in MEMORIES}
     for _, _, _, vec in _clips(path):
         spatial = temporal = 0.0                                          # a clip without objects scores 0
         for k in range(len(vec["spatial"])):
-            spatial = max(spatial, set_score(vec["spatial"][k], bank["spatial"], power, cfg.arithmetic))
-            temporal = max(temporal, set_score(vec["temporal_max"][k], bank["temporal"], power,  # MAX at test
+            spatial = max(spatial, set_score(vec["spatial"][k], memory["spatial"], power, cfg.arithmetic))
+            temporal = max(temporal, set_score(vec["temporal_max"][k], memory["temporal"], power,  # MAX at test
                                                cfg.arithmetic))
         clip = {"spatial": spatial, "temporal": temporal,
-                "highlevel": set_score(vec["highlevel"], bank["highlevel"], power, cfg.arithmetic)}
-        for s in STREAMS:
+                "highlevel": set_score(vec["highlevel"], memory["highlevel"], power, cfg.arithmetic)}
+        for s in MEMORIES:
             out[s].extend([clip[s]] * t)
     return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, fusion, pipeline
+from . import datasets, engine, explain, fusion, pipeline
 from .config import Config, from_dict
 from .errors import ConfigError, DatasetError
-from .memory import STREAMS, Bank, load_memory
+from .memory import MEMORIES, Memory, load_memory
 from .store import WorkDir, atomic_path, read_json
 
 
@@ -29,7 +29,7 @@ from .store import WorkDir, atomic_path, read_json
 class FinishedRun:
     """What scoring needs from a finished work directory."""
     cfg: Config
-    banks: dict[str, Bank]
+    memories: dict[str, Memory]
     labelfree: dict                     # metrics.json's "labelfree": mode, a, b, sigma, stats
     work: WorkDir
 
@@ -78,22 +78,6 @@ def open_video(path, clip_length: int = 1) -> datasets.Video:
     return video
 
 
-def object_scores(cfg: Config, feats: dict, banks: dict[str, Bank], stats) -> np.ndarray:
-    """(K,) each object's local score a*zS + (1-a)*zT: its worst patch (spatial) and worst frame
-    difference (temporal) against the memories, z from normal training videos (stats) when given."""
-    k, n, a = len(feats["spatial"]), cfg.method.power, cfg.fusion.a
-    z = np.zeros(k)
-    if k == 0:
-        return z
-    for stream, key, weight in (("spatial", "spatial", a), ("temporal", "temporal_max", 1 - a)):
-        c = feats[key].shape[-1]
-        d, _ = pipeline.nearest_memory(feats[key].reshape(-1, c), banks[stream].vectors)
-        s = d.reshape(k, -1).max(1) ** n                                      # (K,)
-        mean, std = stats[stream] if stats else (0.0, 1.0)
-        z += weight * (s - mean) / (std + fusion.EPS)
-    return z
-
-
 def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     """Per-frame scores of one video: {"video", "frame" (F,), "spatial", "temporal", "highlevel",
     "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
@@ -110,21 +94,21 @@ def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     detector = detector or build_detector(cfg, device)
     boxes = detect_clip_objects(video, starts, t, detector, o.test_confidence, set(o.classes), o.box_growth)
     encoder = encoder or pipeline.load_encoder(cfg)
-    feats = pipeline.video_features(video, starts, boxes, encoder, cfg)
+    feats = engine.video_features(video, starts, boxes, encoder, cfg)
     feats["clip_start"] = starts
     with pipeline.progress(total=1, desc=f"scores {video.name}", unit="video") as bar:
-        clip = pipeline.video_clip_scores(feats, {s: b.vectors for s, b in run.banks.items()}, cfg.method.power, device,
-                                          cfg.arithmetic)
+        clip = pipeline.video_clip_scores(feats, {s: b.vectors for s, b in run.memories.items()}, cfg.method.power, device,
+                                          cfg.arithmetic, cfg.scoring.knn, cfg.scoring.knn_candidates)
         bar.update(1)
     out = {"video": video.name, "frame": starts[0] + np.arange(len(starts) * t)}
-    for s in STREAMS:
+    for s in MEMORIES:
         out[s] = pipeline.clip_to_frames(clip[s], t)                          # (F,)
     lf, vid = run.labelfree, np.zeros(len(out["frame"]), dtype=np.int64)
     stats = lf.get("stats") if lf["mode"] == "calibrated" else None
     out["final_labelfree"] = fusion.labelfree(out["spatial"], out["temporal"], out["highlevel"], vid,
                                               stats, lf["a"], lf["b"], lf["sigma"])
     out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
-    out["object_score"] = object_scores(cfg, feats, run.banks, stats)
+    out["object_score"] = explain.object_scores(cfg, feats, run.memories, stats)
     return out
 
 
@@ -141,7 +125,7 @@ def score_curve(result: dict):
     """Figure: the three streams and the label-free final over the frames (each min-max scaled)."""
     from .figures import score_curves
     name = result["video"]
-    curves = {s: result[s] for s in (*STREAMS, "final_labelfree")}
+    curves = {s: result[s] for s in (*MEMORIES, "final_labelfree")}
     return score_curves({name: curves}, {name: np.zeros(len(result["frame"]), np.uint8)},
                         {name: result["frame"]}, ncols=1, normalize=True)
 

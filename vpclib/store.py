@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import CacheMismatchError, WorkDirError
+from .errors import CacheMismatchError, MissingArtifactError, WorkDirError
 
 MANIFEST_VERSION = 2
 CONTENT_HASH_LIMIT = 4 * 2**30          # frames beyond 4 GiB in all: names, sizes and mtimes only
@@ -174,8 +174,8 @@ class WorkDir:
 
     `decide(name, key)` is the one place where a cached artifact is judged: "reuse", "resume" (a
     matching .partial), or "make"; a mismatch raises CacheMismatchError unless overwrite. `ready`
-    and `check_partial` are what the stages call; `decide` alone writes nothing, so a whole run
-    can be checked before anything is written.
+    and `check_partial` are what the stages call, `require` what reads a finished stage's artifact
+    back; `decide` alone writes nothing, so a whole run can be checked before anything is written.
     """
 
     def __init__(self, root, overwrite: bool = False):
@@ -258,6 +258,14 @@ class WorkDir:
         partial.unlink(missing_ok=True)
         self.manifest(partial).unlink(missing_ok=True)
         return False
+
+    def require(self, name: str, key: dict, made_by: str) -> Path:
+        """The path of finished artifact `name`, made with `key` (a stage's input read back); a
+        MissingArtifactError naming it and `made_by`, the stage that makes it, when it is absent."""
+        if not self.ready(name, key):
+            raise MissingArtifactError(f"{self.path(name)} is not finished: run {made_by} with these "
+                                       f"parameters first (or `vpc run`)")
+        return self.path(name)
 
     def commit(self, name: str, key: dict) -> None:
         """Record the key of a finished artifact (call after writing it)."""
