@@ -85,10 +85,12 @@ def run_one(args, det: str, enc: str, det_sets: dict) -> dict:
     if shared_objects.is_dir() and not (work / "objects").exists():
         shutil.copytree(shared_objects, work / "objects")       # the manifest check still applies
     start = time.perf_counter()
-    result = pipeline.run(cfg, work)
+    result = pipeline.run(cfg, work, until="objects" if args.objects_only else "metrics")
     wall = time.perf_counter() - start
     if not shared_objects.exists():
         shutil.copytree(work / "objects", shared_objects)
+    if args.objects_only:
+        return None
     return {
         "detector": det, "encoder": enc, "device": args.device, "device_name": device_name(args.device),
         "data_root": str(args.data_root), "n_test_frames": result["n_test_frames"],
@@ -119,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS))
     p.add_argument("--work-root", default="/tmp/vpc-realvideo")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "realvideo.jsonl"))
+    p.add_argument("--objects-only", action="store_true",
+                   help="stage 1 only: write <work-root>/objects-<detector> (e.g. detect on one machine, "
+                        "copy the folder, encode on another; the objects' cache key still applies)")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
     os.environ.setdefault("VPC_PROGRESS", "0")
@@ -132,6 +137,9 @@ def main(argv=None) -> int:
     for det in args.detectors:
         for enc in args.encoders:
             row = run_one(args, det, enc, dets[det])
+            if row is None:                                   # --objects-only: one run per detector
+                print(f"{det}: objects in {Path(args.work_root) / f'objects-{det}'}", flush=True)
+                break
             rows.append(row)
             with open(results, "a") as f:
                 f.write(json.dumps(row) + "\n")

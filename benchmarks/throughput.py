@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vpclib import engine, pipeline, reference                              # noqa: E402
+from vpclib.cli import parse_sets                                           # noqa: E402
 from vpclib.config import load_params                                       # noqa: E402
 from vpclib.datasets import load_interval_mat, load_npy_mask, natural_sort  # noqa: E402
 from vpclib.encoder import build_encoder, resolve_device                    # noqa: E402
@@ -406,6 +407,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="measure the encoder's pure fp16 forward (default: on CUDA)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over the first test video, top operators")
     ap.add_argument("--json", default=None, help="also write every number to this file")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="a params override, as `vpc run --set` (e.g. arithmetic=exact, encoder.fused=true, "
+                         "scoring.knn=fast); repeatable")
     return ap.parse_args(argv)
 
 
@@ -433,7 +437,7 @@ def prepare(args, s):
     t0 = time.perf_counter()
     make_standin(data, args.dataset, s.t, args.limit_videos, s.max_frames, s.n_train)
     print(f"stand-in data: {data} ({time.perf_counter() - t0:.0f} s to write or check)", flush=True)
-    cfg = load_params(s.params, **{
+    cfg = load_params(s.params, sets=parse_sets(args.sets), **{
         "data.name": f"{args.dataset}-standin", "data.layout": "folder", "data.root": str(data),
         "objects.detector": "boxes", "objects.boxes_file": str(data / "boxes.csv"),
         "encoder.backbone": s.backbone, "encoder.pretrained": "random", "encoder.batch_size": s.batch,
@@ -552,7 +556,7 @@ def main(argv=None):
     print(f"{len(test)} test videos, {sum(v.n_frames for v in test):,} frames ({n_scored:,} in clips); {len(train)} "
           f"training videos, {sum(v.n_frames for v in train):,} frames; encoder {s.backbone} "
           f"({'fp16' if encoder.inner.fp16 else 'fp32'}), batch {s.batch}, T={s.t}, "
-          f"crops {cfg.objects.crop_size}", flush=True)
+          f"crops {cfg.objects.crop_size}" + (f"; --set {' '.join(args.sets)}" if args.sets else ""), flush=True)
 
     # 2. objects: the boxes CSV (cached, not timed)
     boxes = {split: pipeline.detect_objects(cfg, work, split, videos[split]) for split in pipeline.SPLITS}
@@ -569,7 +573,7 @@ def main(argv=None):
           + ", ".join(f"{m} {v:.1e}" for m, v in agree.items()))
 
     # 6. CUDA extras, the report
-    result = dict(dataset=args.dataset, device=s.device, gpu=torch.cuda.get_device_name() if s.cuda else None,
+    result = dict(dataset=args.dataset, device=s.device, sets=args.sets, gpu=torch.cuda.get_device_name() if s.cuda else None,
                   backbone=s.backbone, batch=s.batch, n_test_videos=len(test), n_test_frames=fast["n_test_frames"],
                   n_objects=n_objects, memory=fast["sizes"], stages=Stage.rows, agreement=agree)
     result |= measure_cuda_extras(args, s, cfg, videos, fast["features_row"])

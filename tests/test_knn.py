@@ -229,3 +229,37 @@ def test_cuda_triton_tile_minima_equal_torch_bf16():
     theirs = knn_kernel.tile_minima_torch(q, low, sq)
     assert ours.shape == theirs.shape == (1000, -(-10_000 // knn_kernel.TILE))
     assert float((ours - theirs).abs().max()) < 1e-3 * float(theirs.abs().max())   # accumulation order only
+
+
+def test_pipeline_scores_pass_scoring_knn_through(rng, monkeypatch):
+    """`scoring.knn` and `scoring.knn_candidates` reach the search from the pipeline's scoring
+    (pipeline.frame_table -> video_clip_scores -> scores.set_distances), and the clip scores are the
+    float64 brute-force ones: max over a clip's objects of (max over its vectors of the nearest distance)^n."""
+    from vpclib import pipeline, scores
+    calls = []
+    real = scores.fast_search
+
+    def recording(device):
+        search = real(device)
+        def wrapped(q, m, candidates):
+            calls.append(candidates)
+            return search(q, m, candidates)
+        return wrapped
+
+    monkeypatch.setattr(scores, "fast_search", recording)
+    cfg = from_dict({"arithmetic": "exact", "device": "cpu", "method": {"clip_length": 3, "power": 2},
+                     "scoring": {"knn": "fast", "knn_candidates": 7}})
+    d = 8
+    memories = {s: rng.normal(size=(50, d)).astype(np.float32) for s in ("spatial", "temporal", "highlevel")}
+    feats = {"spatial": rng.normal(size=(3, 5, d)).astype(np.float32),        # 3 objects, 5 vectors each
+             "temporal_max": rng.normal(size=(3, 2, d)).astype(np.float32),
+             "highlevel": rng.normal(size=(2, 3, d)).astype(np.float32),      # 2 clips of T = 3
+             "object_clip": np.array([0, 0, 1]), "clip_start": np.array([0, 3])}
+    table = pipeline.frame_table(cfg, {"v": feats}, memories)
+    assert calls and set(calls) == {7}
+    for stream, key in (("spatial", "spatial"), ("temporal", "temporal_max")):
+        per_object = [brute(feats[key][k], memories[stream])[0].max() for k in range(3)]
+        expected = np.repeat([max(per_object[0], per_object[1]), per_object[2]], 3) ** 2    # clip -> its T frames; n = 2
+        np.testing.assert_allclose(table[stream], expected, rtol=1e-5)
+    high = [brute(feats["highlevel"][b], memories["highlevel"])[0].max() for b in range(2)]
+    np.testing.assert_allclose(table["highlevel"], np.repeat(high, 3) ** 2, rtol=1e-5)
