@@ -264,3 +264,20 @@ def test_a_velocity_parameter_invalidates_only_velocity_and_metrics(velocity_run
     from vpclib.errors import CacheMismatchError
     with pytest.raises(CacheMismatchError, match="velocity.bins"):
         pipeline.plan(tiny(bins=4), WorkDir(work), videos)
+
+
+def test_metrics_from_the_work_directory_read_the_velocity_artifacts_back(velocity_run, tmp_path):
+    import shutil
+    from vpclib.errors import MissingArtifactError
+    cfg, work, result, _, _ = velocity_run
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy)
+    for name in ("metrics.json", "scores.csv"):
+        (copy / name).unlink()
+        (copy / f"{name}.params.json").unlink()
+    again = pipeline.evaluate_from(cfg, WorkDir(copy))                 # the notebooks' path: stages 4-6 only
+    assert again["auc_stream"] == result["auc_stream"] and again["auc_micro_labelfree"] == result["auc_micro_labelfree"]
+    shutil.rmtree(copy / "velocity")
+    (copy / "metrics.json").unlink()
+    with pytest.raises(MissingArtifactError, match="velocity/train.npz"):
+        pipeline.evaluate_from(cfg, WorkDir(copy))

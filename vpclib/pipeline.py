@@ -536,13 +536,15 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
     and metrics.json; return the metrics.
 
     videos: {"train": [...], "test": [...]} (the key); memories: stage 3's; train_path, test_path:
-    stage 2's features files; velocity_paths: stage 1b's {"train": path, "test": path} (velocity.enabled),
-    which add the velocity stream (its memory, column and fusion term). Key: keys.metrics_key (memory,
+    stage 2's features files; velocity_paths: stage 1b's {"train": path, "test": path} (velocity.enabled;
+    None: read back from the work directory), which add the velocity stream (its memory, column and fusion term). Key: keys.metrics_key (memory,
     test features and labels, power, fusion, velocity); a matching metrics.json is returned as is.
     """
     key = keys.metrics_key(cfg, videos["train"], videos["test"])
     if work.ready("metrics.json", key) and work.ready("scores.csv", key):
         return read_json(work.path("metrics.json"))
+    if cfg.velocity.enabled and velocity_paths is None:                     # stage 1b's artifacts, read back
+        velocity_paths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in SPLITS}
     test_features, train_features = read_features(test_path), read_features(train_path)
     with progress(total=3, desc="scores and fusion", unit="step") as bar:
         bar.set_postfix_str("scoring the test videos")

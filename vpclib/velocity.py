@@ -149,6 +149,13 @@ def velocity_stage(cfg: Config, work: WorkDir, split: str, videos: list, boxes: 
     return work.path(name)
 
 
+def velocity_path(cfg: Config, work: WorkDir, split: str, videos: list):
+    """The finished velocity/<split>.npz made with these videos and parameters (stage 1b read back);
+    a MissingArtifactError naming it otherwise."""
+    return work.require(f"velocity/{split}.npz", keys.velocity_key(cfg, split, videos),
+                        "stage 1b (vpc run with velocity.enabled=true)")
+
+
 def save_velocities(path, per_video: dict[str, dict[str, np.ndarray]]) -> None:
     """{video: video_velocities' dict} -> one .npz (no pickles): videos (V,) str, n_objects (V,),
     n_clips (V,), and the videos' vectors (K, D_v), object_clip (K,), clip_start (B,) concatenated."""
