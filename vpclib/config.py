@@ -30,6 +30,7 @@ PREPROCESSING = ("faithful", "clip", "imagenet", "inception")
 LABELFREE = ("calibrated", "fixed")
 ARITHMETIC = ("reference", "exact")
 KNN = ("exact", "fast")
+DIS_PRESETS = ("ultrafast", "fast", "medium")   # cv2.DISOPTICAL_FLOW_PRESET_*: velocity.dis_preset
 PRETRAINED_KEYWORDS = ("openai", "timm", "random", "efficientnet-lite0-pypi", "efficientnet-lite1-pypi",
                        "efficientnet-lite2-pypi", "efficientnet-lite0-pypi-timm-legacy")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -128,6 +129,17 @@ class FusionConfig:
 
 
 @dataclass
+class VelocityConfig:
+    """The optional velocity memory, beyond the paper (after AI-VAD; vpclib.velocity). Off by
+    default: the faithful method, its cache keys and its outputs are untouched while it is off."""
+    enabled: bool = False
+    bins: int = 8                        # orientation bins of the flow histogram (AI-VAD: 8)
+    dis_preset: str = "medium"           # one of DIS_PRESETS: OpenCV DIS optical flow preset
+    coreset_ratio: float = 1.0           # per-video coreset of the velocity memory; 1: keep every vector
+    weight: float = 0.5                  # label-free fusion: + weight * z(velocity); 0.5 = b, the local stream's
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
@@ -135,6 +147,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    velocity: VelocityConfig = field(default_factory=VelocityConfig)
     device: str = "auto"                 # "auto", "cpu", "cuda" or "cuda:N"
     # one of ARITHMETIC. "reference": the authors' arithmetic, for their numbers to the last digit:
     # crops and frames resized as uint8 by OpenCV (8-bit bilinear, rounded), a contiguous NCHW
@@ -143,7 +156,12 @@ class Config:
     arithmetic: str = "reference"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every value, as saved beside a result. The velocity section is left out while it holds
+        its defaults (off), so config.json and metrics.json of the faithful method stay as they were."""
+        out = dataclasses.asdict(self)
+        if self.velocity == VelocityConfig():
+            del out["velocity"]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +252,11 @@ def _validate(cfg: Config) -> Config:
     need(cfg.fusion.sigma >= 0.0, "fusion.sigma", "must be >= 0")
     need(len(cfg.fusion.a_grid) > 0 and len(cfg.fusion.b_grid) > 0 and len(cfg.fusion.sigma_grid) > 0,
          "fusion.*_grid", "must not be empty")
+    need(cfg.velocity.bins >= 2, "velocity.bins", "must be >= 2")
+    need(cfg.velocity.dis_preset in DIS_PRESETS, "velocity.dis_preset",
+         f"must be one of {DIS_PRESETS}, got {cfg.velocity.dis_preset!r}")
+    need(0.0 < cfg.velocity.coreset_ratio <= 1.0, "velocity.coreset_ratio", "must be in (0, 1]")
+    need(cfg.velocity.weight >= 0.0, "velocity.weight", "must be >= 0")
     need(cfg.objects.detector != "boxes" or cfg.objects.boxes_file, "objects.boxes_file",
          "must be set when objects.detector is 'boxes'")
     need(cfg.data.layout == "synthetic" or cfg.data.root, "data.root",
@@ -345,6 +368,9 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         if cfg.scoring.knn != "exact":                       # the default leaves earlier keys as they were
             out.update({"scoring.knn": cfg.scoring.knn, "scoring.knn_candidates": cfg.scoring.knn_candidates})
         out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()})
+        if cfg.velocity.enabled:                             # off (the default) leaves the key as it was
+            out.update({**velocity_params(cfg), "velocity.coreset_ratio": cfg.velocity.coreset_ratio,
+                        "velocity.weight": cfg.velocity.weight})
         return out
     out = {"data.layout": d.layout, "data.skip_first_frame": d.skip_first_frame, "method.clip_length": m.clip_length,
            "objects.detector": o.detector, "objects.classes": list(o.classes), "objects.box_growth": o.box_growth}
@@ -378,6 +404,12 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
     if e.fused:                                              # the default leaves earlier keys as they were
         out["encoder.fused"] = True
     return out
+
+
+def velocity_params(cfg: Config) -> dict:
+    """The parameters that change velocity/<split>.npz (vpclib.velocity) beyond its objects: the
+    flow and the histogram. The memory's coreset ratio and the fusion weight enter the metrics' key."""
+    return {"velocity.bins": cfg.velocity.bins, "velocity.dis_preset": cfg.velocity.dis_preset}
 
 
 def params_hash(params: dict) -> str:

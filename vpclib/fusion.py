@@ -12,6 +12,10 @@ Two protocols, always reported side by side:
   z-scored with the mean and std of training videos scored against memories built from the
   OTHER training videos (leave-one-video-out), so the scale comes from normal data only;
   smoothing stays inside each video. "fixed": the reference formula with the fixed a, b, sigma.
+
+With the optional velocity memory (beyond the paper, `vpclib.velocity`), the label-free score
+gains `weight * z(velocity)`, z calibrated the same way (`labelfree_velocity`); the oracle stays
+the reference's three-stream search.
 """
 
 from __future__ import annotations
@@ -153,3 +157,21 @@ def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float
     if stats:
         return labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)
     return reference_all_streams(spatial, temporal, highlevel, video_ids, a, b, sigma)
+
+
+def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats, a: float, b: float, sigma: float,
+                       weight: float) -> np.ndarray:
+    """The label-free final score with the velocity stream (F,) added (beyond the paper):
+
+    calibrated (stats with a "velocity" entry): smooth_per_video(b*(a*zS + (1-a)*zT) + (1-b)*zH + weight*zV),
+    every z from the training videos' leave-one-out statistics;
+    fixed (stats None): minmax(b*smooth(z(L)) + (1-b)*H + weight*smooth(z(V))), the reference formula's
+    fused score with V z-scored and smoothed over the concatenated test sequence like L.
+    """
+    if stats:
+        levels = labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)
+        mean, std = stats["velocity"]
+        fused = levels["fused"] + weight * (velocity - mean) / (std + EPS)
+        return per_video(lambda x: smooth(x, sigma), fused, video_ids)
+    levels = reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a, b, sigma)
+    return minmax(levels["fused"] + weight * smooth(zscore(velocity), sigma))

@@ -4,7 +4,8 @@
     objects_key(cfg, split, videos)      frames of the split, the detector's weights or boxes file
     features_key(cfg, split, videos)     + the encoder checkpoint; test: + the labels (kept in the h5)
     memory_key(cfg, train)               the training features' key + the coreset
-    metrics_key(cfg, train, test)        memory + test features + power and fusion
+    metrics_key(cfg, train, test)        memory + test features + power and fusion (+ velocity, when on)
+    velocity_key(cfg, split, videos)     the objects' key + the flow and histogram (velocity.enabled only)
 
 Frames are fingerprinted by their names relative to the video's folder (`01/000.jpg`), sizes and
 mtimes, with a content hash for copied data (`store.FileSet`); single files by a content hash
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, is_checkpoint_path, stage_params
+from .config import Config, is_checkpoint_path, stage_params, velocity_params
 from .store import FileSet, file_digest
 
 
@@ -76,5 +77,11 @@ def memory_key(cfg: Config, train_videos) -> dict:
 
 
 def metrics_key(cfg: Config, train_videos, test_videos) -> dict:
-    """Key of metrics.json and scores.csv."""
+    """Key of metrics.json and scores.csv. With velocity.enabled, stage_params adds the flow's
+    parameters, the velocity memory's coreset ratio and its fusion weight (the boxes are in already)."""
     return {**memory_key(cfg, train_videos), **features_key(cfg, "test", test_videos), **stage_params(cfg, "metrics")}
+
+
+def velocity_key(cfg: Config, split: str, videos) -> dict:
+    """Key of velocity/<split>.npz: the boxes (objects/<split>.json's key) and the flow's parameters."""
+    return {**objects_key(cfg, split, videos), **velocity_params(cfg)}

@@ -2,6 +2,8 @@
 
     0. videos     load_videos(cfg, work, split)                          -> [Video]       (test: labels)
     1. objects    detect_objects(cfg, work, split, videos)               -> {video: [(K_b, 4)] * B}
+    1b. velocity  velocity.velocity_stage(cfg, work, split, ...)         -> velocity/<split>.npz (optional,
+                  velocity.enabled: beyond the paper; stages 4-6 then score and fuse a fourth stream)
     2. features   extract_features(cfg, work, split, videos, boxes)      -> features/<split>.h5
     3. memories   build_memories(cfg, work, train_videos, train_path)   -> {memory: Memory (N, D)}
     4. scores     frame_table(cfg, test_features, memories)              -> per-frame scores (F,) of each memory
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import datasets, fusion, keys, metrics
+from . import datasets, fusion, keys, metrics, velocity
 from .config import STAGES, Config
 from .encoder import build_encoder, resolve_device
 from .engine import video_features
@@ -73,6 +75,13 @@ def run(cfg: Config, work_dir, overwrite: bool = False, until: str = "metrics", 
     if until == "objects":
         return boxes
 
+    # 1b. velocity (optional, beyond the paper): per object, the flow histogram inside its box
+    velocity_paths = None
+    if cfg.velocity.enabled:
+        velocity_paths = {s: velocity.velocity_stage(cfg, work, s, videos[s], boxes[s],
+                                                     {v.name: video_clip_starts(cfg, v) for v in videos[s]}, progress)
+                          for s in SPLITS}
+
     # 2. features: spatial (K, 49, C), temporal (K, T-1, C) per object, high-level (B, T, D) per clip
     paths = {s: extract_features(cfg, work, s, videos[s], boxes[s], encoder=encoder) for s in SPLITS}
     if until == "features":
@@ -84,7 +93,7 @@ def run(cfg: Config, work_dir, overwrite: bool = False, until: str = "metrics", 
         return memories
 
     # 4. scores, 5. fusion, 6. metrics: scores.csv and metrics.json
-    result = evaluate(cfg, work, videos, memories, paths["train"], paths["test"])
+    result = evaluate(cfg, work, videos, memories, paths["train"], paths["test"], velocity_paths)
     write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
     return result
 
@@ -94,6 +103,8 @@ def artifact_keys(cfg: Config, videos: dict, stages=STAGES) -> dict[str, dict]:
     k = {}
     if "objects" in stages:
         k |= {f"objects/{s}.json": keys.objects_key(cfg, s, videos[s]) for s in SPLITS}
+    if "features" in stages and cfg.velocity.enabled:                           # stage 1b
+        k |= {f"velocity/{s}.npz": keys.velocity_key(cfg, s, videos[s]) for s in SPLITS}
     if "features" in stages:
         k |= {f"features/{s}.h5": keys.features_key(cfg, s, videos[s]) for s in SPLITS}
     if "memory" in stages:
@@ -434,21 +445,30 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Mem
     return {s: np.concatenate(x) for s, x in out.items()} if out["spatial"] else None
 
 
-def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory]) -> dict | None:
+def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
+              velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
     """The label-free calibration: {memory: (mean, std)} of the training videos' leave-one-out
-    scores; None in 'fixed' mode, or when it cannot be computed (one training video)."""
+    scores (with a velocity stream: + "velocity", the same for its memory); None in 'fixed' mode,
+    or when it cannot be computed (one training video)."""
     if cfg.fusion.labelfree != "calibrated":
         return None
     loo = leave_one_out_scores(cfg, train_features, memories)
-    return fusion.calibration_stats(loo) if loo is not None else None
+    stats = fusion.calibration_stats(loo) if loo is not None else None
+    if stats and velocity_stream is not None:
+        moving = velocity_stream.calibration(cfg)
+        stats = {**stats, "velocity": moving} if moving is not None else None
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. fusion
 
-def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memories: dict[str, Memory], bar=None) -> dict:
+def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memories: dict[str, Memory], bar=None,
+         velocity_stream: velocity.VelocityStream | None = None) -> dict:
     """Both fusions of the per-frame scores (F,): the reference (oracle) protocol, its weights and
     sigma searched on the test labels, and the label-free one, calibrated on the training videos.
+    With a velocity stream (table["velocity"]), the label-free fusion adds velocity.weight * z(velocity)
+    (fusion.labelfree_velocity); the oracle stays the reference's three-stream search.
 
     Returns {"oracle": fusion.OracleResult, "final_oracle" (F,), "stats", "mode", "final_labelfree" (F,)}.
     """
@@ -462,8 +482,12 @@ def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memori
     if bar is not None:
         bar.update(1)
         bar.set_postfix_str("label-free calibration (training videos, leave one out)")
-    stats = calibrate(cfg, train_features, memories)
-    final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
+    stats = calibrate(cfg, train_features, memories, velocity_stream)
+    if velocity_stream is None:
+        final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
+    else:
+        final_free = fusion.labelfree_velocity(sp, tp, hl, table["velocity"], vid, stats, f.a, f.b, f.sigma,
+                                               cfg.velocity.weight)
     if bar is not None:
         bar.update(1)
     return {"oracle": oracle, "final_oracle": final_oracle, "stats": stats,
@@ -481,6 +505,10 @@ def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: di
     names = list(test_features)
     per_oracle = metrics.per_video_auc(labels, final_oracle, vid)
     per_free = metrics.per_video_auc(labels, final_free, vid)
+    streams = (*MEMORIES, "velocity") if "velocity" in table else MEMORIES      # velocity: when enabled
+    labelfree = {"mode": fused["mode"], "a": f.a, "b": f.b, "sigma": f.sigma, "stats": fused["stats"]}
+    if "velocity" in table:
+        labelfree["velocity_weight"] = cfg.velocity.weight
     return {
         "dataset": cfg.data.name,
         "n_test_videos": len(names),
@@ -492,8 +520,8 @@ def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: di
         "auc_macro_labelfree": metrics.macro_auc(labels, final_free, vid),
         "auc_local_oracle": oracle.auc_local,
         "a": oracle.a, "b": oracle.b, "sigma": oracle.sigma, "sigma_local": oracle.sigma_local,
-        "labelfree": {"mode": fused["mode"], "a": f.a, "b": f.b, "sigma": f.sigma, "stats": fused["stats"]},
-        "auc_stream": {s: metrics.auc(labels, table[s]) for s in MEMORIES},   # (the key's old name: each memory alone)
+        "labelfree": labelfree,
+        "auc_stream": {s: metrics.auc(labels, table[s]) for s in streams},    # (the key's old name: each memory alone)
         "per_video": {names[v]: {"oracle": per_oracle[v], "labelfree": per_free[v]} for v in per_oracle},
         "memory": {s: {"vectors": int(b.vectors.shape[0]), "dims": int(b.vectors.shape[1]),
                        "megabytes": round(b.megabytes, 3)} for s, b in memories.items()},
@@ -502,23 +530,33 @@ def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: di
     }
 
 
-def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memory], train_path, test_path) -> dict:
+def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memory], train_path, test_path,
+             velocity_paths: dict | None = None) -> dict:
     """Stages 4-6: score the test set (frame_table), fuse both ways (fuse), measure; write scores.csv
     and metrics.json; return the metrics.
 
     videos: {"train": [...], "test": [...]} (the key); memories: stage 3's; train_path, test_path:
-    stage 2's features files. Key: keys.metrics_key (memory, test features and labels, power,
-    fusion); a matching metrics.json is returned as is.
+    stage 2's features files; velocity_paths: stage 1b's {"train": path, "test": path} (velocity.enabled;
+    None: read back from the work directory), which add the velocity stream (its memory, column and fusion term). Key: keys.metrics_key (memory,
+    test features and labels, power, fusion, velocity); a matching metrics.json is returned as is.
     """
     key = keys.metrics_key(cfg, videos["train"], videos["test"])
     if work.ready("metrics.json", key) and work.ready("scores.csv", key):
         return read_json(work.path("metrics.json"))
+    if cfg.velocity.enabled and velocity_paths is None:                     # stage 1b's artifacts, read back
+        velocity_paths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in SPLITS}
     test_features, train_features = read_features(test_path), read_features(train_path)
     with progress(total=3, desc="scores and fusion", unit="step") as bar:
         bar.set_postfix_str("scoring the test videos")
         table = frame_table(cfg, test_features, {s: b.vectors for s, b in memories.items()})     # 4.
+        stream = None
+        if velocity_paths is not None:                                          # 4b. the velocity memory
+            stream = velocity.VelocityStream(cfg, velocity_paths["train"], velocity_paths["test"],
+                                             resolve_device(cfg.device))
+            table["velocity"] = velocity.aligned(stream.frame_scores(cfg, list(test_features)), table["label"])
+            memories = {**memories, "velocity": stream.memory}
         bar.update(1)
-        fused = fuse(cfg, table, train_features, memories, bar)                                 # 5.
+        fused = fuse(cfg, table, train_features, memories, bar, stream)                         # 5.
     result = measure(cfg, table, fused, memories, test_features)                                 # 6.
     write_scores_csv(work.path("scores.csv"), list(test_features), table, fused["final_oracle"], fused["final_labelfree"])
     write_json(work.path("metrics.json"), result)
@@ -531,14 +569,18 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
 # scores.csv
 
 def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
-    """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, final_oracle,
-    final_labelfree. `label` is the label of frame `label_frame` (see frame_table)."""
+    """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, [velocity,]
+    final_oracle, final_labelfree. `label` is the label of frame `label_frame` (see frame_table);
+    the velocity column only when the table has it (velocity.enabled)."""
+    moving = "velocity" in table
     with atomic_path(path) as tmp, open(tmp, "w") as out:
-        out.write("video,frame,label,label_frame,spatial,temporal,highlevel,final_oracle,final_labelfree\n")
+        out.write("video,frame,label,label_frame,spatial,temporal,highlevel," + ("velocity," if moving else "")
+                  + "final_oracle,final_labelfree\n")
         for i in range(len(table["label"])):
             out.write(f"{names[table['video'][i]]},{table['frame'][i]},{table['label'][i]},{table['label_frame'][i]},"
                       f"{table['spatial'][i]:.8g},{table['temporal'][i]:.8g},{table['highlevel'][i]:.8g},"
-                      f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
+                      + (f"{table['velocity'][i]:.8g}," if moving else "")
+                      + f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
 
 
 def read_scores(path) -> dict[str, np.ndarray]:
