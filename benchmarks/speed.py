@@ -1,7 +1,7 @@
 """The fused encoder and the kNN searches on the GPU (issue 14): images/s and kNN seconds.
 
     python benchmarks/speed.py --json $OUT/speed.json                 # both parts, on CUDA
-    python benchmarks/speed.py --part knn --bank 4610348 --queries 200000
+    python benchmarks/speed.py --part knn --memory 4610348 --queries 200000
 
 encoder: for each backbone (timm tf_efficientnet_lite0 and, when open_clip imports, CLIP RN101
   to layer3; random weights, fp16, channels-last, batch 256): images/s of the eager fp16 encoder
@@ -11,7 +11,7 @@ encoder: for each backbone (timm tf_efficientnet_lite0 and, when open_clip impor
   relative difference of the fused maps from the eager fp16 maps; GFLOP per image
   (torch.utils.flop_counter, 2 FLOP a multiply-add) and the share of the GPU's matrix rate
   (a 8192^3 fp16 product, measured here).
-knn: a memory of --bank x 64 (clustered: 20,000 centres with jitter, like the tiled coresets)
+knn: a memory of --memory x 64 (clustered: 20,000 centres with jitter, like the tiled coresets)
   and --queries queries near it; seconds of each search: `reference` (torch.cdist(Q, M).min(1)
   per set of 49, the faithful arithmetic; a few sets timed, extrapolated), `exact` (`nearest`,
   float32 ranking), `fast-topk` (`nearest_fast`, bf16 + top-k), `fast-tiles` (`nearest_tiles`,
@@ -106,15 +106,15 @@ def encoder_part(backbones, batch: int, rate: float) -> list[dict]:
     return rows
 
 
-def knn_part(n_bank: int, n_queries: int, d: int = 64, searches=("fast-topk", "fast-tiles")) -> dict:
+def knn_part(n_memory: int, n_queries: int, d: int = 64, searches=("fast-topk", "fast-tiles")) -> dict:
     from vpclib.scores import nearest, nearest_fast, nearest_tiles, reference_set_distances
     g = torch.Generator(device="cuda").manual_seed(0)
     centres = torch.randn(20_000, d, device="cuda", generator=g)
-    bank = centres[torch.randint(0, 20_000, (n_bank,), device="cuda", generator=g)]
-    bank += 0.3 * torch.randn(n_bank, d, device="cuda", generator=g)
-    queries = bank[torch.randint(0, n_bank, (n_queries,), device="cuda", generator=g)]
+    memory = centres[torch.randint(0, 20_000, (n_memory,), device="cuda", generator=g)]
+    memory += 0.3 * torch.randn(n_memory, d, device="cuda", generator=g)
+    queries = memory[torch.randint(0, n_memory, (n_queries,), device="cuda", generator=g)]
     queries += 0.3 * torch.randn(n_queries, d, device="cuda", generator=g)
-    out = dict(bank=n_bank, queries=n_queries, dims=d, seconds={}, notes={})
+    out = dict(memory=n_memory, queries=n_queries, dims=d, seconds={}, notes={})
 
     def timed(name, fn, repeats=1):
         torch.cuda.synchronize()
@@ -124,9 +124,9 @@ def knn_part(n_bank: int, n_queries: int, d: int = 64, searches=("fast-topk", "f
         print(f"knn {name}: {t:.3f} s", flush=True)
         return result
 
-    exact_d, exact_i = timed("exact", lambda: nearest(queries, bank))
-    for name, fn in (("fast-topk", lambda: nearest_fast(queries, bank, 16)),
-                     ("fast-tiles", lambda: nearest_tiles(queries, bank, 16))):
+    exact_d, exact_i = timed("exact", lambda: nearest(queries, memory))
+    for name, fn in (("fast-topk", lambda: nearest_fast(queries, memory, 16)),
+                     ("fast-tiles", lambda: nearest_tiles(queries, memory, 16))):
         if name not in searches:
             continue
         dist, idx = timed(name, fn)
@@ -136,14 +136,14 @@ def knn_part(n_bank: int, n_queries: int, d: int = 64, searches=("fast-topk", "f
                                   farther_than_exact=int((dist > exact_d).sum()))
     # the faithful arithmetic: one cdist per set of 49 queries against the whole memory
     sets = queries[: 49 * 200].view(200, 49, d)
-    t = cuda_time(lambda: reference_set_distances(sets, bank), repeats=1, warmup=1)
+    t = cuda_time(lambda: reference_set_distances(sets, memory), repeats=1, warmup=1)
     out["seconds"]["reference (extrapolated from 200 sets of 49)"] = t * n_queries / (49 * 200)
     out["seconds"]["reference, 200 sets of 49 measured"] = t
     # float64 brute force on 1,000 queries
     sub = queries[:1000].double()
     best = torch.full((1000,), float("inf"), device="cuda", dtype=torch.float64)
-    for lo in range(0, n_bank, 1 << 20):
-        m = bank[lo:lo + (1 << 20)].double()
+    for lo in range(0, n_memory, 1 << 20):
+        m = memory[lo:lo + (1 << 20)].double()
         best = torch.minimum(best, ((sub * sub).sum(1, keepdim=True) + (m * m).sum(1) - 2 * sub @ m.T).amin(1))
     brute = best.clamp_min(0).sqrt()
     out["brute_force_1000"] = {name: float(((d_[:1000].double() - brute).abs() / brute).max())
@@ -152,7 +152,7 @@ def knn_part(n_bank: int, n_queries: int, d: int = 64, searches=("fast-topk", "f
         import faiss
         res = faiss.StandardGpuResources()
         index = faiss.GpuIndexFlatL2(res, d)
-        index.add(bank.cpu().numpy())
+        index.add(memory.cpu().numpy())
         q = queries.cpu().numpy()
         t0 = time.perf_counter()
         index.search(q, 1)
@@ -168,7 +168,7 @@ def main():
     p.add_argument("--part", choices=["all", "encoder", "knn"], default="all")
     p.add_argument("--backbones", default="timm:tf_efficientnet_lite0,clip_rn101")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--bank", type=int, default=4_610_348)
+    p.add_argument("--memory", type=int, default=4_610_348)
     p.add_argument("--queries", type=int, default=200_000)
     p.add_argument("--searches", default="fast-topk,fast-tiles", help="fast searches to time besides exact")
     p.add_argument("--json", default="")
@@ -179,7 +179,7 @@ def main():
     print(json.dumps(result), flush=True)
     if args.part in ("all", "knn"):
         try:
-            result["knn"] = knn_part(args.bank, args.queries, searches=args.searches.split(","))
+            result["knn"] = knn_part(args.memory, args.queries, searches=args.searches.split(","))
         except Exception:                                                    # report, go on with the encoder
             result["knn_error"] = traceback.format_exc()
             print(result["knn_error"], flush=True)

@@ -23,7 +23,7 @@ events around every encoder call), peak RAM (RSS sampled every 10 ms) and peak G
   naive ...        the same two stages by vpclib.reference on the first --naive-videos videos;
                    when that is not all videos, its time is extrapolated per frame (and says so).
 The last line is `speedup_vs_naive: X`: naive over pipeline, end to end, per frame.
-On CUDA the memory is tiled (--bank-videos) to the size it has with the real training set, so
+On CUDA the memory is tiled (--memory-videos) to the size it has with the real training set, so
 that the kNN costs what it costs at the paper's scale. The real labels are read from
 ../shared/data/labels, or from $VPC_LABELS (a copy, on a machine without ../shared).
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -285,9 +286,9 @@ class LazyFeatures:
                 yield {k: h5[v][k][()] for k in h5[v]} | {"n_frames": int(h5[v].attrs["n_frames"])}
 
 
-def tile_bank(vectors: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
-    """(N, D) -> (round(N * factor), D): copies of the bank with a little noise (the cost of the
-    kNN depends on the bank's size only)."""
+def tile_memory(vectors: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
+    """(N, D) -> (round(N * factor), D): copies of the memory with a little noise (the cost of the
+    kNN depends on the memory's size only)."""
     n = int(round(len(vectors) * factor))
     if n <= len(vectors):
         return vectors[:max(n, 1)]
@@ -396,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-videos", type=int, default=None, help="stand-in training videos (default 4; 1 on CPU)")
     ap.add_argument("--naive-videos", type=int, default=None,
                     help="test videos for the naive reference (default 2 on CUDA, all on CPU); extrapolated per frame")
-    ap.add_argument("--bank-videos", type=int, default=None,
+    ap.add_argument("--memory-videos", type=int, default=None,
                     help="tile the memory to the size it has with this many training videos (default: the real "
                          "training set's count on CUDA, 16 Avenue / 330 ShanghaiTech; no tiling on CPU)")
     ap.add_argument("--backbone", default=None, help="default clip_rn101 (timm:resnet18 on CPU)")
@@ -462,31 +463,47 @@ def measure_pipeline(args, s, cfg, work, encoder, videos, boxes, ram) -> dict:
     with Stage("memory (train): features + coresets", sum(v.n_frames for v in train), encoder, ram,
                f"{len(train)} stand-in training videos"):
         train_path = pipeline.extract_features(cfg, work, "train", train, boxes["train"], encoder=encoder)
-        banks = pipeline.build_memories(cfg, work, train, train_path)
-    bank_videos = args.bank_videos or (DATASETS[args.dataset]["train"][0] if s.cuda else s.n_train)
-    bank_vectors = {m: tile_bank(b.vectors, bank_videos / s.n_train) for m, b in banks.items()}
-    sizes = ", ".join(f"{m} {v.shape[0]:,} x {v.shape[1]}" for m, v in bank_vectors.items())
+        memories = pipeline.build_memories(cfg, work, train, train_path)
+    memory_videos = args.memory_videos or (DATASETS[args.dataset]["train"][0] if s.cuda else s.n_train)
+    memory_vectors = {m: tile_memory(b.vectors, memory_videos / s.n_train) for m, b in memories.items()}
+    sizes = ", ".join(f"{m} {v.shape[0]:,} x {v.shape[1]}" for m, v in memory_vectors.items())
     print(f"memory: {sizes}" + (f" (coresets of {s.n_train} videos tiled, with jitter, to the size of "
-                                f"{bank_videos} training videos)" if bank_videos != s.n_train else ""), flush=True)
+                                f"{memory_videos} training videos)" if memory_videos != s.n_train else ""), flush=True)
 
     with Stage("test features: crop + encode + features", n_test_frames, encoder, ram, "pipeline, all test videos") as st_f:
         path = pipeline.extract_features(cfg, work, "test", test, boxes["test"], encoder=encoder)
     with Stage("test scoring", n_scored, encoder, ram, "pipeline, all test videos") as st_s:
-        on_device = {m: torch.as_tensor(v, device=s.device) for m, v in bank_vectors.items()}  # uploaded once
+        on_device = {m: torch.as_tensor(v, device=s.device) for m, v in memory_vectors.items()}  # uploaded once
         fast = pipeline.frame_table(cfg, LazyFeatures(path), on_device)
     wall = st_f.row["wall_s"] + st_s.row["wall_s"]
     Stage.rows.append(dict(st_f.row, stage="**test set end to end (pipeline)**", wall_s=wall,
                            ram_gib=max(st_f.row["ram_gib"], st_s.row["ram_gib"]),
                            gpu_gib=max(st_f.row["gpu_gib"], st_s.row["gpu_gib"]), note="features + scoring"))
-    return dict(scores=fast, bank_vectors=bank_vectors, sizes=sizes, wall=wall, features_row=st_f.row,
+    return dict(scores=fast, memory_vectors=memory_vectors, sizes=sizes, wall=wall, features_row=st_f.row,
                 per_frame=st_f.row["wall_s"] / n_test_frames + st_s.row["wall_s"] / n_scored,
                 n_test_frames=n_test_frames, n_scored=n_scored)
 
 
+def naive_encoder(cfg, s, encoder):
+    """The naive reference's encoder: the pipeline's, or with encoder.fused the same weights eager
+    and unfused (the naive path as it was written: its per-clip batches would each compile a new
+    shape of the fused one), warmed up outside every stage."""
+    if not cfg.encoder.fused:
+        return encoder
+    plain = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, fused=False))
+    eager = TimedEncoder(build_encoder(plain, s.device))
+    with torch.inference_mode():
+        engine.encode(eager, torch.zeros(2, 224, 224, 3, device=s.device), cfg.encoder.preprocessing, s.batch,
+                      lambda m, d: m.mean((1, 2, 3)))
+    eager.take()
+    return eager
+
+
 def measure_naive(args, s, cfg, work, encoder, videos, boxes, ram, fast: dict) -> dict:
-    """The naive reference on the first test videos, timed: the same boxes, encoder and memory;
-    extrapolated per frame to the whole test set."""
+    """The naive reference on the first test videos, timed: the same boxes and memory, the same
+    encoder weights (eager: naive_encoder); extrapolated per frame to the whole test set."""
     test = videos["test"]
+    encoder = naive_encoder(cfg, s, encoder)
     n_naive = min(args.naive_videos or (2 if s.cuda else len(test)), len(test))
     naive_videos = test[:n_naive]
     naive_scored = sum(len(pipeline.video_clip_starts(cfg, v)) * s.t for v in naive_videos)
@@ -495,7 +512,7 @@ def measure_naive(args, s, cfg, work, encoder, videos, boxes, ram, fast: dict) -
     with Stage("naive features: per-object reads + per-clip encoder", naive_frames, encoder, ram, note) as nv_f:
         ref_path = reference.extract_features(naive_videos, boxes["test"], encoder, cfg, work.path("naive-test.h5"))
     with Stage("naive scoring: loop kNN", naive_scored, encoder, ram, note) as nv_s:
-        slow = reference.frame_scores(ref_path, fast["bank_vectors"], cfg, s.device)
+        slow = reference.frame_scores(ref_path, fast["memory_vectors"], cfg, s.device)
     Stage.rows.append(dict(nv_f.row, stage="**naive end to end**", wall_s=nv_f.row["wall_s"] + nv_s.row["wall_s"],
                            ram_gib=max(nv_f.row["ram_gib"], nv_s.row["ram_gib"]),
                            gpu_gib=max(nv_f.row["gpu_gib"], nv_s.row["gpu_gib"]), note=note + ", measured"))

@@ -9,8 +9,10 @@ convolutions and of the two distance computations is ~1e-6).
 """
 
 import csv
+import threading
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,111 @@ def test_video_features_same_for_any_chunking_and_decoder(dataset, tmp_path, ari
         for k in whole:
             np.testing.assert_allclose(part[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
     np.testing.assert_array_equal(whole["object_clip"], np.repeat(np.arange(len(boxes)), [len(b) for b in boxes]))
+
+
+class WatchedVideo:
+    """A video whose frame reads set `started` (the decoder thread reached it)."""
+
+    def __init__(self, video):
+        self.video, self.started = video, threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.video, name)
+
+    def decode(self, i):
+        self.started.set()
+        return self.video.decode(i)
+
+
+def test_stream_decodes_the_next_video_before_it_is_asked_for(dataset, tmp_path):
+    """FrameStream: once the first video's last chunk is handed out, the second video's first chunk
+    is decoding (nobody asked for the second video yet); every chunk holds the frames read directly."""
+    cfg = make_config(dataset, "cpu")
+    first, second = pipeline.load_videos(cfg, WorkDir(tmp_path / "work"), "test")
+    watched = WatchedVideo(second)
+    items = [(first, pipeline.video_clip_starts(cfg, first)), (watched, pipeline.video_clip_starts(cfg, second))]
+    with engine.FrameStream(items, cfg, "cpu", clips_per_chunk=1) as stream:
+        got = [list(stream.chunks(first))]
+        assert watched.started.wait(timeout=60)
+        got.append(list(stream.chunks(watched)))
+    for (video, starts), chunks in zip(items, got):
+        assert [(lo, n) for lo, n, _ in chunks] == [(b, 1) for b in range(len(starts))]
+        for lo, n, frames in chunks:
+            direct = np.stack([cv2.imread(str(video.frame_paths[int(starts[lo]) + i])) for i in range(T)])
+            np.testing.assert_array_equal(frames.numpy(), direct)
+
+
+def test_stream_skips_a_video_nobody_asks_for(dataset, tmp_path):
+    """chunks(c) right after a's chunks (b never asked for, e.g. a stage that failed on it): c's
+    own frames, in order; asking for a video already passed is an error."""
+    cfg = make_config(dataset, "cpu")
+    work = WorkDir(tmp_path / "work")
+    a, b = pipeline.load_videos(cfg, work, "train")
+    c = pipeline.load_videos(cfg, work, "test")[0]
+    items = [(v, pipeline.video_clip_starts(cfg, v)) for v in (a, b, c)]
+    with engine.FrameStream(items, cfg, "cpu", clips_per_chunk=1) as stream:
+        list(stream.chunks(a))
+        got = list(stream.chunks(c))
+        with pytest.raises(ValueError):
+            list(stream.chunks(b))
+    starts = items[2][1]
+    assert [lo for lo, _, _ in got] == list(range(len(starts)))
+    for lo, _, frames in got:
+        direct = np.stack([cv2.imread(str(c.frame_paths[int(starts[lo]) + i])) for i in range(T)])
+        np.testing.assert_array_equal(frames.numpy(), direct)
+
+
+def test_damaged_frame_of_the_next_video_is_blamed_on_it(tmp_path, rng):
+    """The second video's first chunk decodes while the first video is handed out: the decoder's
+    message about its damaged frame names the second video's file, not the first video."""
+    from vpclib.datasets import Video
+    from vpclib.errors import DatasetError
+    cfg = make_config(tmp_path, "cpu")
+    videos = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        paths = [folder / f"{i:03d}.jpg" for i in range(2 * T)]
+        for path in paths:
+            cv2.imwrite(str(path), cv2.resize(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), (WIDTH, HEIGHT)))
+        videos.append(Video(name, folder, paths, len(paths)))
+    bad = videos[1].frame_paths[1]
+    content = bad.read_bytes()
+    half = len(content) // 2
+    bad.write_bytes(content[:half] + bytes(64) + content[half + 64:])       # coded data overwritten
+    items = [(v, pipeline.video_clip_starts(cfg, v)) for v in videos]
+    with engine.FrameStream(items, cfg, "cpu", clips_per_chunk=1) as stream:
+        assert len(list(stream.chunks(videos[0]))) == 2                       # b's first chunk decoded meanwhile
+        with pytest.raises(DatasetError) as err:
+            list(stream.chunks(videos[1]))
+    assert str(bad) in str(err.value) and str(videos[0].source) + "/" not in str(err.value)
+
+
+def test_features_file_holds_each_video_alone(dataset, tmp_path, monkeypatch):
+    """extract_features (the next video decoded ahead, the h5 written by a background thread) writes
+    for each video exactly what engine.video_features gives that video alone; every write runs on
+    one thread, not the caller's."""
+    cfg = make_config(dataset, "cpu")
+    work = WorkDir(tmp_path / "work")
+    encoder = build_encoder(cfg, "cpu")
+    videos = pipeline.load_videos(cfg, work, "test")
+    boxes = pipeline.detect_objects(cfg, work, "test", videos)
+    threads, real = [], pipeline._write_video
+    monkeypatch.setattr(pipeline, "_write_video", lambda *a: threads.append(threading.current_thread()) or real(*a))
+    path = pipeline.extract_features(cfg, work, "test", videos, boxes, encoder=encoder)
+    assert len(threads) == len(videos) and len(set(threads)) == 1 and threads[0] is not threading.main_thread()
+    with h5py.File(path, "r") as h5:
+        assert [str(v) for v in h5.attrs["videos"]] == [v.name for v in videos]
+        for video in videos:
+            starts = pipeline.video_clip_starts(cfg, video)
+            alone = engine.video_features(video, starts, boxes[video.name], encoder, cfg)
+            group = h5[video.name]
+            assert set(group) == set(alone) | {"clip_start", "labels"}
+            for k, value in alone.items():
+                np.testing.assert_array_equal(group[k][()], value, err_msg=k)
+            np.testing.assert_array_equal(group["clip_start"][()], starts)
+            np.testing.assert_array_equal(group["labels"][()], video.labels)
+            assert group.attrs["complete"] and group.attrs["n_frames"] == video.n_frames
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -54,8 +54,9 @@ def test_check_folded_catches_a_wrong_fold():
 
 def test_fused_encoder_on_cpu_is_the_folded_eager_model():
     cfg = from_dict({"arithmetic": "exact", "encoder": {"backbone": "timm:tf_efficientnet_lite0", "pretrained": "random",
-                                                        "fused": True}})
+                                                        "fused": True, "batch_size": 24}})
     fused = build_encoder(cfg, "cpu")
+    assert fused.stages.batch == 24                                         # the one compiled shape on CUDA
     plain = build_encoder(from_dict({"arithmetic": "exact", "encoder": {"backbone": "timm:tf_efficientnet_lite0",
                                                                          "pretrained": "random"}}), "cpu")
     assert isinstance(fused.stages, FusedStages) and not fused.stages.compiling   # no compile on CPU
@@ -86,10 +87,11 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
             assert torch.equal(a, b) and _max_rel(a, eager) < 1e-5
 
 
-def test_fused_batches_are_padded_to_a_few_shapes(monkeypatch):
-    """The compiled model sees batches of 8, 16, 32, ... only; the caller gets its own batch back."""
+def test_fused_batches_are_padded_to_one_shape(monkeypatch):
+    """Batches up to the run's batch size (here 8) reach the compiled model as 8 images, larger ones
+    as the next power of two; the caller gets its own batch back."""
     stages = _stages("timm:tf_efficientnet_lite0")
-    fused = FusedStages(fold_batchnorm(stages), compiling=True)
+    fused = FusedStages(fold_batchnorm(stages), compiling=True, batch=8)
     seen = []
 
     def fake_compile(model, **kwargs):
@@ -100,13 +102,13 @@ def test_fused_batches_are_padded_to_a_few_shapes(monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     x = torch.randn(11, 3, 224, 224, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        for b in (11, 3, 8):
+        for b in (11, 3, 8, 1):
             out = fused(x[:b])
             eager = stages(x[:b])
             assert [o.shape[0] for o in out] == [b, b]
             for a, e in zip(out, eager):
                 assert _max_rel(a, e) < 1e-5
-    assert seen == [16, 8, 8]
+    assert seen == [16, 8, 8, 8]
 
 
 def test_fused_params_validated():

@@ -1,6 +1,7 @@
 """Command line: `vpc run PARAMS.yaml`, single stages, the notebooks, and scoring new video.
 
     vpc run params/synthetic.yaml [--data-root DIR] [--work-dir DIR] [--device auto|cpu|cuda[:N]] [--overwrite]
+    torchrun --nproc-per-node N -m vpclib.cli run PARAMS ...   (stages 2-6 sharded over N GPUs)
     vpc objects|features|memory|metrics PARAMS.yaml ...   (the stages up to that one: pipeline.run(until=...))
     vpc notebooks PARAMS.yaml [--out runs/<name>] [--figures figures/<name>] [-p NAME VALUE ...]
     vpc score WORK VIDEO... [--out DIR] [--clip gif|mp4] [--device D]
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +155,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         result = pipeline.run(cfg, work_dir, overwrite=args.overwrite)
+        if os.environ.get("RANK", "0") != "0":                              # torchrun: rank 0 reports
+            return 0
         summary = {k: result[k] for k in ("auc_micro_oracle", "auc_micro_labelfree", "auc_macro_labelfree",
                                           "a", "b", "sigma", "auc_stream")}
         print(json.dumps(summary, indent=1))

@@ -190,28 +190,34 @@ def native_stderr():
 @contextmanager
 def decoder_check(video: "Video"):
     """DatasetError naming the file when the decoder reported damaged data while `video` was decoded
-    in the block (in any thread). For a frame folder, the frames are then decoded again one at a
-    time to find which files are damaged; for a video file, the file is named."""
+    in the block (in any thread): `raise_if_damaged` with the block's messages."""
     with native_stderr() as err:
         first = err.mark()
         yield
-        messages = err.messages[first:err.mark()]
-        if not messages:
-            return
-        if video.frame_paths is None:
-            raise DatasetError(f"video file {video.source} is damaged: the decoder reported "
-                               f"{'; '.join(dict.fromkeys(messages))}")
-        damaged = []
-        for path in video.frame_paths:
-            before = err.mark()
-            cv2.imread(str(path), cv2.IMREAD_COLOR)
-            found = err.messages[before:err.mark()]
-            if found:
-                damaged.append(f"{path} ({'; '.join(dict.fromkeys(found))})")
-        where = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-        raise DatasetError(f"damaged frame file{'s' if len(damaged) != 1 else ''} in {video.source}: "
-                           f"{where or 'the decoder reported ' + '; '.join(dict.fromkeys(messages))}: "
-                           f"replace the files or remove them from the video folder")
+        raise_if_damaged(video, err.messages[first:err.mark()], err)
+
+
+def raise_if_damaged(video: "Video", messages: list[str], err) -> None:
+    """DatasetError naming the file when the decoder reported `messages` while `video` was decoded
+    (nothing to do without messages). For a frame folder, the frames are then decoded again one at
+    a time to find which files are damaged (nothing else may be decoding meanwhile); for a video
+    file, the file is named. err: the active `native_stderr()`."""
+    if not messages:
+        return
+    if video.frame_paths is None:
+        raise DatasetError(f"video file {video.source} is damaged: the decoder reported "
+                           f"{'; '.join(dict.fromkeys(messages))}")
+    damaged = []
+    for path in video.frame_paths:
+        before = err.mark()
+        cv2.imread(str(path), cv2.IMREAD_COLOR)
+        found = err.messages[before:err.mark()]
+        if found:
+            damaged.append(f"{path} ({'; '.join(dict.fromkeys(found))})")
+    where = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+    raise DatasetError(f"damaged frame file{'s' if len(damaged) != 1 else ''} in {video.source}: "
+                       f"{where or 'the decoder reported ' + '; '.join(dict.fromkeys(messages))}: "
+                       f"replace the files or remove them from the video folder")
 
 
 @dataclass(eq=False)

@@ -180,17 +180,20 @@ class FusedStages(nn.Module):
     """Encoder stages with BatchNorm folded in, compiled by torch.compile on CUDA; eager elsewhere.
 
     Inductor fuses each convolution's bias, ReLU and residual add into one kernel around cuDNN's
-    convolution (`mode="reduce-overhead"` adds CUDA graphs). Compiled once per batch shape:
-    batches are padded to the next power of two (at least 8), so a run's ragged last batches
-    reuse a few compiled shapes. Any failure to compile or run the compiled model (no C++ / CUDA
+    convolution (`mode="reduce-overhead"` adds CUDA graphs). Compiled once per batch shape: a
+    batch of at most `batch` images (the run's encoder.batch_size) is padded with zeros to `batch`,
+    so that one graph, compiled at the first call, serves every chunk of a run, its ragged last
+    batches included (a compile costs seconds; the padding at most one batch per video); a larger
+    batch is padded to the next power of two. Any failure to compile or run the compiled model (no C++ / CUDA
     toolchain, an unsupported op) warns once and runs the folded model eagerly from then on,
     which gives the same maps up to rounding.
     """
 
-    def __init__(self, folded: nn.Module, compiling: bool, mode: str | None = None):
+    def __init__(self, folded: nn.Module, compiling: bool, mode: str | None = None, batch: int = 8):
         super().__init__()
         self.eager = folded
         self.mode = mode
+        self.batch = batch                                                   # the one padded shape
         self._compiled = None                                                # not a submodule: no double weights
         self.compiling = compiling
         self.failed = None                                                   # the error that stopped compiling
@@ -199,7 +202,7 @@ class FusedStages(nn.Module):
         if self._compiled is None:
             self._compiled = torch.compile(self.eager, mode=self.mode, dynamic=False)
         b = len(x)
-        padded = max(8, 1 << (b - 1).bit_length())                           # the bucket: 8, 16, 32, ...
+        padded = self.batch if b <= self.batch else 1 << (b - 1).bit_length()   # one shape per run
         if padded != b:                                                      # zeros after the batch, same layout
             layout = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
             full = x.new_zeros(padded, *x.shape[1:]).contiguous(memory_format=layout)
@@ -219,12 +222,13 @@ class FusedStages(nn.Module):
         return self.eager(x)
 
 
-def fuse_stages(stages: nn.Module, device: str) -> FusedStages:
-    """`stages` with BatchNorm folded (checked against the unfolded model on `device`), compiled on CUDA."""
+def fuse_stages(stages: nn.Module, device: str, batch: int = 8) -> FusedStages:
+    """`stages` with BatchNorm folded (checked against the unfolded model on `device`), compiled on
+    CUDA for batches padded to `batch` images (FusedStages)."""
     stages = stages.float().eval().to(device)
     folded = fold_batchnorm(stages)
     check_folded(stages, folded)
-    return FusedStages(folded, compiling=str(device).startswith("cuda"), mode=COMPILE_MODE)
+    return FusedStages(folded, compiling=str(device).startswith("cuda"), mode=COMPILE_MODE, batch=batch)
 
 
 
@@ -403,7 +407,7 @@ def build_encoder(cfg, device: str = "cpu") -> Encoder:
     if str(device).startswith("cuda"):
         fp32_convolutions()
     if e.fused:
-        encoder = Encoder(fuse_stages(stages, device), channels, fp16).to(device)
+        encoder = Encoder(fuse_stages(stages, device, e.batch_size), channels, fp16).to(device)
         if str(device).startswith("cuda"):                                   # the exact arithmetic's layout
             encoder.to(memory_format=torch.channels_last)
             encoder.channels_last = True

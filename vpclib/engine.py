@@ -1,11 +1,13 @@
 """Engine: the streaming feature extractor behind stage 2 (features) of METHOD.md §3-§5.
 
     video_features(video, starts, boxes, encoder, cfg)   one video's vectors, a chunk of clips at a time
+    FrameStream(items, cfg, device)                       the decoded chunks of a run of videos, ahead of the encoder
     clip_features(frames, boxes, encoder, cfg)            the vectors of a run of consecutive clips
     encode(encoder, crops, mode, batch_size, reduce)      the encoder over crops, in batches
     cropping_device(cfg, device)                          where crops are cut (host or encoder device)
 
-Frames are decoded by a pool of threads ahead of the encoder, cropped on the host (OpenCV, the
+Frames are decoded by a pool of threads ahead of the encoder (across videos: the next video's
+first chunk while this one's last is encoded), cropped on the host (OpenCV, the
 reference arithmetic) or on the device (batched float bilinear, the exact one), and encoded in
 batches; on CUDA through pinned memory and CUDA events, one host sync per video. The arithmetic
 of each vector is `vpclib.features`'; this module only decides where and in what order it runs.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .datasets import decoder_check
+from .datasets import native_stderr, raise_if_damaged
 from .encoder import preprocess
 from .features import (global_descriptors, highlevel_vectors, local_maps, spatial_vectors,
                        temporal_vectors)
@@ -108,61 +110,136 @@ def clip_features(frames: torch.Tensor, boxes: list[np.ndarray], encoder, cfg: C
     return out
 
 
-def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, cfg: Config,
-                   clips_per_chunk: int | None = None, on_clips=None) -> dict[str, np.ndarray]:
-    """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time.
+class FrameStream:
+    """The decoded frames of a run of videos, a chunk of clips at a time, in the videos' order.
 
-    Decoding runs in background threads (a pool over frame files; one thread over a video file),
-    up to two chunks ahead of the encoder. On CUDA a chunk is decoded straight into pinned memory
-    and copied without blocking, and the vectors stay on the device until the video ends: one
-    host sync per video, so decoding, copies and the encoder overlap. `on_clips(n)` is called
-    after each chunk of n clips (progress).
+    One decoder thread runs up to `ahead` chunks ahead of the encoder, across video boundaries:
+    the next video's first chunk is decoded while this video's last chunks are encoded, so the
+    encoder never waits at the start of a video. A chunk of a frame folder is read by a pool of
+    threads; a video file is decoded sequentially. On CUDA a chunk is decoded straight into
+    pinned memory. The decodes run one at a time, so the decoders' messages (damaged frames) are
+    counted per chunk and blamed on their own video (`datasets.raise_if_damaged`), never on the
+    video being encoded meanwhile.
+
+        with FrameStream([(video, starts), ...], cfg, device) as stream:
+            for video, starts in ...:                   # the same order
+                for lo, n, frames in stream.chunks(video):   # clips lo .. lo+n-1, frames (n*T, H, W, 3)
+                    ...
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
-    t = cfg.method.clip_length
-    device = encoder.device
-    crop_device = cropping_device(cfg, device)
-    cuda = device.type == "cuda"
-    clips_per_chunk = clips_per_chunk or max(1, (256 if cuda else 128) // t)
-    chunks = [(lo, min(clips_per_chunk, len(starts) - lo)) for lo in range(0, len(starts), clips_per_chunk)]
-    needed = [int(s) + i for s in starts for i in range(t)]
-    width, height = video.frame_size
-    paths = getattr(video, "frame_paths", None)                               # None: decode sequentially
-    frame_iter = video.iter_frames(needed)                                    # checks the indices up front
+    def __init__(self, items, cfg: Config, device, clips_per_chunk: int | None = None, ahead: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+        self.t, self.cuda, self.ahead = cfg.method.clip_length, torch.device(device).type == "cuda", ahead
+        per_chunk = clips_per_chunk or max(1, (256 if self.cuda else 128) // self.t)
+        self.videos = [video for video, _ in items]
+        self.tasks = [(v, lo, min(per_chunk, len(starts) - lo))               # (video index, first clip, clips)
+                      for v, (_, starts) in enumerate(items) for lo in range(0, len(starts), per_chunk)]
+        self.needed = [[int(s) + i for s in starts for i in range(self.t)] for _, starts in items]
+        self.frame_iters = {}                                               # video index -> iter_frames
+        n_readers = min(16, os.cpu_count() or 1) if any(getattr(v, "frame_paths", None) for v in self.videos) else 1
+        self.decoder, self.readers = ThreadPoolExecutor(1), ThreadPoolExecutor(n_readers)
+        self.pending, self.submitted, self.next_video = [], 0, 0
+        self._stderr = native_stderr()
+        self.err = self._stderr.__enter__()
 
-    def decode(lo: int, n: int) -> torch.Tensor:                              # -> (n*T, H, W, 3) uint8
-        buf = torch.empty((n * t, height, width, 3), dtype=torch.uint8, pin_memory=cuda)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Stop decoding (chunks not started are dropped) and release the threads."""
+        self.decoder.shutdown(wait=True, cancel_futures=True)
+        self.readers.shutdown(wait=True)
+        self.frame_iters.clear()                                            # video files left open by a skip
+        self._stderr.__exit__(None, None, None)
+
+    def _decode(self, v: int, lo: int, n: int):                            # -> (n*T, H, W, 3) uint8, messages
+        video, t, needed = self.videos[v], self.t, self.needed[v]
+        before = self.err.mark()
+        width, height = video.frame_size
+        buf = torch.empty((n * t, height, width, 3), dtype=torch.uint8, pin_memory=self.cuda)
         arr = buf.numpy()
-        if paths is None:
-            for j, (_, frame) in enumerate(itertools.islice(frame_iter, n * t)):
+        if getattr(video, "frame_paths", None) is None:                     # one pass over the file
+            if v not in self.frame_iters:
+                self.frame_iters[v] = video.iter_frames(needed)              # checks the indices first
+            for j, (_, frame) in enumerate(itertools.islice(self.frame_iters[v], n * t)):
                 arr[j] = frame
         else:
             def read(j):
-                arr[j] = video.decode(needed[lo * t + j])                     # checked: complete, same size
-            list(readers.map(read, range(n * t)))
-        return buf
+                arr[j] = video.decode(needed[lo * t + j])                    # checked: complete, same size
+            list(self.readers.map(read, range(n * t)))
+        if lo + n == len(needed) // t:
+            self.frame_iters.pop(v, None)                                   # the file is released
+        return buf, self.err.messages[before:self.err.mark()]
 
-    n_readers = 1 if paths is None else min(16, os.cpu_count() or 1)
+    def _top_up(self) -> None:
+        while self.submitted < len(self.tasks) and len(self.pending) < self.ahead:
+            task = self.tasks[self.submitted]
+            self.pending.append((task, self.decoder.submit(self._decode, *task)))
+            self.submitted += 1
+
+    def _next_chunk(self, v: int):
+        """(lo, n, frames, messages) of video v's next chunk; chunks of videos skipped are dropped."""
+        while True:
+            self._top_up()
+            (u, lo, n), future = self.pending.pop(0)
+            if u == v:
+                return (lo, n, *future.result())
+            future.cancel()                                                 # a video nobody asked for
+
+    def chunks(self, video):
+        """Yield (lo, n, frames (n*T, H, W, 3) uint8) for every chunk of `video`, a later video of
+        the stream than the last one asked for (those between are skipped); a DatasetError naming
+        the files if the decoder reported damaged frames."""
+        later = [u for u in range(self.next_video, len(self.videos)) if self.videos[u] is video]
+        if not later:
+            raise ValueError(f"video {getattr(video, 'name', video)} is not a later video of the stream")
+        v = self.next_video = later[0]
+        self.next_video += 1
+        n_clips, messages = len(self.needed[v]) // self.t, []
+        for _ in range(sum(task[0] == v for task in self.tasks)):
+            lo, n, frames, found = self._next_chunk(v)
+            messages += found
+            if messages and lo + n == n_clips:                              # the video's last chunk
+                for _, future in self.pending:                              # no other decode while files are checked
+                    future.result()
+                raise_if_damaged(video, messages, self.err)
+            self._top_up()                                                  # the next chunk decodes while this one encodes
+            yield lo, n, frames
+
+
+def video_features(video, starts: np.ndarray, boxes: list[np.ndarray], encoder, cfg: Config,
+                   clips_per_chunk: int | None = None, on_clips=None, frames=None) -> dict[str, np.ndarray]:
+    """Vectors of every clip of one video; frames are decoded once, a chunk of clips at a time.
+
+    frames: this video's `FrameStream.chunks` (extract_features' stream over a whole split: the
+    next video's first chunk decodes while this one's last is encoded); by default a stream of
+    this video alone, with `clips_per_chunk` clips a chunk. Decoding runs up to two chunks ahead
+    of the encoder. On CUDA a chunk is copied to the device without blocking, and the vectors stay
+    on the device until the video ends: one host sync per video, so decoding, copies and the
+    encoder overlap. `on_clips(n)` is called after each chunk of n clips (progress).
+    """
+    if frames is None:
+        with FrameStream([(video, starts)], cfg, encoder.device, clips_per_chunk) as stream:
+            return video_features(video, starts, boxes, encoder, cfg, on_clips=on_clips, frames=stream.chunks(video))
+    from collections import deque
+
+    device = encoder.device
+    crop_device = cropping_device(cfg, device)
     parts, in_flight = [], deque()
-    # damaged frames (the decoder's messages on stderr): an error naming the files, after the pools end
-    with decoder_check(video), ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(n_readers) as readers:
-        pending = deque(ahead.submit(decode, lo, n) for lo, n in chunks[:2])
-        for k, (lo, n) in enumerate(chunks):
-            frames = pending.popleft().result()                               # (n*T, H, W, 3)
-            if k + 2 < len(chunks):
-                pending.append(ahead.submit(decode, *chunks[k + 2]))
-            feats = clip_features(frames.to(crop_device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
-            feats["object_clip"] = feats["object_clip"] + lo
-            parts.append(feats)
-            if on_clips is not None:
-                on_clips(n)
-            if cuda:                                                          # at most 2 chunks queued on the device
-                in_flight.append(torch.cuda.Event())
-                in_flight[-1].record(torch.cuda.current_stream(device))
-                if len(in_flight) > 2:
-                    in_flight.popleft().synchronize()
+    for lo, n, chunk in frames:                                               # (n*T, H, W, 3)
+        feats = clip_features(chunk.to(crop_device, non_blocking=True), boxes[lo:lo + n], encoder, cfg)
+        feats["object_clip"] = feats["object_clip"] + lo
+        parts.append(feats)
+        if on_clips is not None:
+            on_clips(n)
+        if device.type == "cuda":                                             # at most 2 chunks queued on the device
+            in_flight.append(torch.cuda.Event())
+            in_flight[-1].record(torch.cuda.current_stream(device))
+            if len(in_flight) > 2:
+                in_flight.popleft().synchronize()
     out = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     out["boxes"] = np.concatenate([b for b in boxes] or [np.zeros((0, 4))]).reshape(-1, 4).astype(np.int64)
     return out

@@ -59,6 +59,15 @@ def build_memory(per_video: list[np.ndarray], ratio: float, device: str = "cpu",
     return Memory(np.concatenate(kept).astype(np.float32), np.concatenate(owner), np.concatenate(rows))
 
 
+def merge_memories(parts: list[Memory]) -> Memory:
+    """Memories built (build_memory) on disjoint sets of training videos, their video indices in
+    one numbering -> the memory of all those videos, its vectors in video order as build_memory
+    makes them: each video's coreset depends on that video alone, so this is exact."""
+    vectors, video, row = (np.concatenate([getattr(p, k) for p in parts]) for k in ("vectors", "video", "row"))
+    order = np.argsort(video, kind="stable")                                 # a video's rows keep their order
+    return Memory(vectors[order], video[order], row[order])
+
+
 def save_memory(path, memories: dict[str, Memory]) -> None:
     """Write the memories to an .npz file (no pickles)."""
     arrays = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from . import datasets, fusion, keys, metrics, velocity
 from .config import STAGES, Config
 from .encoder import build_encoder, resolve_device
-from .engine import video_features
+from .engine import FrameStream, video_features
 from .errors import CacheMismatchError, NoObjectsError
 from .memory import MEMORIES, Memory, build_memory, load_memory, save_memory
 from .objects import BoxesFileDetector, build_detector, detect_clip_objects, middle_frame_offset
@@ -58,43 +59,60 @@ def run(cfg: Config, work_dir, overwrite: bool = False, until: str = "metrics", 
     cache decision (a refused run writes nothing), the work directory, the encoder's parameters;
     the encoder is loaded (a bad checkpoint fails here) before objects are detected. config.json is
     written last: the config of the finished run that `vpc score` scores new video with.
+
+    Started by `torchrun --nproc-per-node N` (WORLD_SIZE > 1), every process runs this: stages 0
+    and 1 on rank 0 first, stages 2-6 sharded over the ranks with the same artifacts as one
+    process (vpclib.distributed).
     """
+    from . import distributed
     resolve_device(cfg.device)                                               # cuda without a GPU: fail now
+    ranks = distributed.Ranks.from_env().start(cfg.device)                   # torchrun's N processes, or 1
     work = work_dir if isinstance(work_dir, WorkDir) else WorkDir(work_dir, overwrite=overwrite)
     stages = STAGES[:STAGES.index(until) + 1]
 
     # 0. videos: both splits, the test videos with their per-frame labels
-    videos = videos or {s: load_videos(cfg, work, s) for s in SPLITS}
+    with ranks.rank0_first():                                                # (synthetic scenes: made once)
+        videos = videos or {s: load_videos(cfg, work, s) for s in SPLITS}
     decisions = plan(cfg, work, videos, stages)
+    ranks.barrier()                                                          # every rank decided before any write
     work.check_writable()
     if "features" in stages and encoder is None and any(decisions[f"features/{s}.h5"] != "reuse" for s in SPLITS):
         encoder = load_encoder(cfg)
 
-    # 1. objects: the boxes of each clip, found on its middle frame
-    boxes = {s: detect_objects(cfg, work, s, videos[s]) for s in SPLITS}
+    # 1. objects: the boxes of each clip, found on its middle frame (several ranks: rank 0's file)
+    with ranks.rank0_first():
+        boxes = {s: detect_objects(cfg, work, s, videos[s]) for s in SPLITS}
     if until == "objects":
         return boxes
 
     # 1b. velocity (optional, beyond the paper): per object, the flow histogram inside its box
     velocity_paths = None
     if cfg.velocity.enabled:
-        velocity_paths = {s: velocity.velocity_stage(cfg, work, s, videos[s], boxes[s],
-                                                     {v.name: video_clip_starts(cfg, v) for v in videos[s]}, progress)
-                          for s in SPLITS}
+        with ranks.rank0_first():                                            # (several ranks: rank 0's file)
+            velocity_paths = {s: velocity.velocity_stage(cfg, work, s, videos[s], boxes[s],
+                                                         {v.name: video_clip_starts(cfg, v) for v in videos[s]},
+                                                         progress)
+                              for s in SPLITS}
+
+    # stages 2-6 of one process, or sharded over torchrun's ranks (vpclib.distributed)
+    extract, build, score = ((extract_features, build_memories, evaluate) if ranks.world == 1 else
+                             (partial(f, ranks=ranks) for f in (distributed.extract_features,
+                                                                 distributed.build_memories, distributed.evaluate)))
 
     # 2. features: spatial (K, 49, C), temporal (K, T-1, C) per object, high-level (B, T, D) per clip
-    paths = {s: extract_features(cfg, work, s, videos[s], boxes[s], encoder=encoder) for s in SPLITS}
+    paths = {s: extract(cfg, work, s, videos[s], boxes[s], encoder=encoder) for s in SPLITS}
     if until == "features":
         return paths
 
     # 3. memories: the coreset of the training vectors, one memory each (spatial, temporal, high-level)
-    memories = build_memories(cfg, work, videos["train"], paths["train"])
+    memories = build(cfg, work, videos["train"], paths["train"])
     if until == "memory":
         return memories
 
     # 4. scores, 5. fusion, 6. metrics: scores.csv and metrics.json
-    result = evaluate(cfg, work, videos, memories, paths["train"], paths["test"], velocity_paths)
-    write_json(work.path("config.json"), cfg.to_dict())                    # the config of the finished run
+    result = score(cfg, work, videos, memories, paths["train"], paths["test"], velocity_paths)
+    if ranks.main:
+        write_json(work.path("config.json"), cfg.to_dict())                # the config of the finished run
     return result
 
 
@@ -289,6 +307,11 @@ def extract_features(cfg: Config, work: WorkDir, split: str, videos: list, boxes
 
     boxes: stage 1's {video: [(K_b, 4)] * B}. Key: keys.features_key (the objects' key, the
     encoder, C; the test labels, kept in the file).
+
+    While a video is encoded, the next video's first frames are decoded (`engine.FrameStream`) and
+    the previous video is written by a background thread, the one thread that touches the h5 file
+    (`H5Writer`). A video's group is marked complete when written; an interruption waits for the
+    write in progress, so a rerun resumes after the last video encoded.
     """
     name, key = f"features/{split}.h5", keys.features_key(cfg, split, videos)
     if work.ready(name, key):
@@ -298,34 +321,82 @@ def extract_features(cfg: Config, work: WorkDir, split: str, videos: list, boxes
     work.commit(name + ".partial", key)
     encoder = encoder or load_encoder(cfg)
     starts = {v.name: video_clip_starts(cfg, v) for v in videos}
-    with h5py.File(partial, "a" if resume else "w") as h5, \
+    with H5Writer(partial, "a" if resume else "w") as h5, \
             progress(total=sum(len(s) for s in starts.values()), desc=f"features {split}", unit="clip") as bar:
-        kept = [v.name for v in videos if v.name in h5 and h5[v.name].attrs.get("complete", False)]
+        kept = h5.call(lambda f: {v.name for v in videos if v.name in f and f[v.name].attrs.get("complete", False)})
         if kept:
             note(f"{name}: resuming at video {len(kept) + 1} of {len(videos)} ({len(kept)} kept from the interrupted run)")
-        for video in videos:
-            if video.name in kept:
-                bar.update(len(starts[video.name]))
-                continue
-            if video.name in h5:
-                del h5[video.name]
-            bar.set_postfix_str(f"video {video.name}")
-            feats = video_features(video, starts[video.name], boxes[video.name], encoder, cfg, on_clips=bar.update)
-            check_free_space(work.root, sum(v.nbytes for v in feats.values()) + video.n_frames, work.path(name))
-            group = h5.create_group(video.name)
-            for k, value in feats.items():
-                group.create_dataset(k, data=value)
-            group.create_dataset("clip_start", data=starts[video.name])
-            if video.labels is not None:
-                group.create_dataset("labels", data=np.asarray(video.labels, dtype=np.uint8))
-            group.attrs["n_frames"] = video.n_frames
-            group.attrs["complete"] = True
-            h5.flush()
-        h5.attrs["videos"] = [v.name for v in videos]
+            bar.update(sum(len(starts[v]) for v in kept))
+        todo = [v for v in videos if v.name not in kept]
+        with FrameStream([(v, starts[v.name]) for v in todo], cfg, encoder.device) as stream:
+            for video in todo:
+                bar.set_postfix_str(f"video {video.name}")
+                feats = video_features(video, starts[video.name], boxes[video.name], encoder, cfg,
+                                       on_clips=bar.update, frames=stream.chunks(video))
+                h5.submit(_write_video, video, feats, starts[video.name], work, name)
+        h5.call(lambda f: f.attrs.__setitem__("videos", [v.name for v in videos]))
     os.replace(partial, work.path(name))
     work.commit(name, key)
     work.manifest(partial).unlink(missing_ok=True)
     return work.path(name)
+
+
+def _write_video(h5: h5py.File, video, feats: dict[str, np.ndarray], starts: np.ndarray, work: WorkDir, name: str) -> None:
+    """One video's group of features/<split>.h5 (replacing an incomplete one), marked complete."""
+    check_free_space(work.root, sum(v.nbytes for v in feats.values()) + video.n_frames, work.path(name))
+    if video.name in h5:
+        del h5[video.name]
+    group = h5.create_group(video.name)
+    for k, value in feats.items():
+        group.create_dataset(k, data=value)
+    group.create_dataset("clip_start", data=starts)
+    if video.labels is not None:
+        group.create_dataset("labels", data=np.asarray(video.labels, dtype=np.uint8))
+    group.attrs["n_frames"] = video.n_frames
+    group.attrs["complete"] = True
+    h5.flush()
+
+
+class H5Writer:
+    """An h5 file that only one background thread opens, reads and writes (h5py is not thread-safe).
+
+    `call(fn)` runs fn(h5) on that thread and returns its result; `submit(fn, *args)` first waits
+    for the previously submitted call (raising its error here), then queues fn(h5, *args) and
+    returns at once: one write runs while the caller goes on. Leaving the block waits for the
+    queued write, even on an exception (what was encoded is kept), then closes the file.
+    """
+
+    def __init__(self, path, mode: str):
+        from concurrent.futures import ThreadPoolExecutor
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="h5-writer")
+        self.h5, self.last = self.thread.submit(h5py.File, path, mode).result(), None
+
+    def __enter__(self):
+        return self
+
+    def call(self, fn):
+        self.wait()
+        return self.thread.submit(fn, self.h5).result()
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self.last = self.thread.submit(fn, self.h5, *args)
+
+    def wait(self) -> None:
+        last, self.last = self.last, None
+        if last is not None:
+            last.result()
+
+    def __exit__(self, exc_type, *_):
+        from concurrent.futures import wait
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self.last is not None:
+                wait([self.last])                                           # the first error is the one raised
+        finally:
+            self.thread.submit(self.h5.close).result()
+            self.thread.shutdown()
 
 
 def load_encoder(cfg: Config):
@@ -342,10 +413,11 @@ def load_encoder(cfg: Config):
     return encoder
 
 
-def read_features(path) -> dict[str, dict[str, np.ndarray]]:
-    """features/<split>.h5 -> {video: {array name: array}} in the split's video order."""
+def read_features(path, names=None) -> dict[str, dict[str, np.ndarray]]:
+    """features/<split>.h5 -> {video: {array name: array}} in the split's video order (only the
+    videos named in `names`, when given)."""
     with h5py.File(path, "r") as h5:
-        order = [str(v) for v in h5.attrs["videos"]]
+        order = [str(v) for v in h5.attrs["videos"] if names is None or str(v) in names]
         return {v: {k: h5[v][k][()] for k in h5[v]} | {"n_frames": int(h5[v].attrs["n_frames"])} for v in order}
 
 
@@ -402,27 +474,33 @@ def video_clip_scores(feats: dict[str, np.ndarray], memories: dict[str, np.ndarr
 
 def frame_table(cfg: Config, feats_by_video: dict, memories: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-frame scores of every video, concatenated: video (index), frame, label, label_frame, and
-    one column per memory (spatial, temporal, highlevel).
+    one column per memory (spatial, temporal, highlevel); each video's rows are `video_frame_scores`.
 
     Frames that belong to no clip get no score; labels are truncated the same way (the reference).
     `frame` is the frame a score belongs to, `label_frame` the frame whose label stands beside it:
     the same frame, except with skip_first_frame (IITB), where the reference pairs the scores of
     frames 1..B*T with the labels of frames 0..B*T-1 (kept for the AUC; METHOD.md §9).
     """
+    rows = [video_frame_scores(cfg, v, feats, memories) for v, feats in enumerate(feats_by_video.values())]
+    return concatenate_rows(rows)
+
+
+def video_frame_scores(cfg: Config, v: int, feats: dict[str, np.ndarray], memories: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """frame_table's rows of one video, video v of the split: {column: (B*T,)}."""
     t, device = cfg.method.clip_length, resolve_device(cfg.device)
-    cols = {k: [] for k in ("video", "frame", "label", "label_frame", *MEMORIES)}
-    for v, feats in enumerate(feats_by_video.values()):
-        clip = video_clip_scores(feats, memories, cfg.method.power, device, cfg.arithmetic,
-                                 cfg.scoring.knn, cfg.scoring.knn_candidates)
-        n = len(feats["clip_start"]) * t
-        for s in MEMORIES:
-            cols[s].append(clip_to_frames(clip[s], t))
-        cols["video"].append(np.full(n, v))
-        cols["frame"].append(feats["clip_start"][0] + np.arange(n))
-        cols["label_frame"].append(np.arange(n))
-        labels = feats.get("labels")
-        cols["label"].append(labels[:n] if labels is not None else np.zeros(n, np.uint8))
-    return {k: np.concatenate(c) for k, c in cols.items()}
+    clip = video_clip_scores(feats, memories, cfg.method.power, device, cfg.arithmetic,
+                             cfg.scoring.knn, cfg.scoring.knn_candidates)
+    n = len(feats["clip_start"]) * t
+    labels = feats.get("labels")
+    return {"video": np.full(n, v), "frame": feats["clip_start"][0] + np.arange(n),
+            "label": labels[:n] if labels is not None else np.zeros(n, np.uint8), "label_frame": np.arange(n),
+            **{s: clip_to_frames(clip[s], t) for s in MEMORIES}}
+
+
+def concatenate_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """[{column: (F_v,)}] of the videos in order -> {column: (F,)}."""
+    columns = ("video", "frame", "label", "label_frame", *MEMORIES)
+    return {k: np.concatenate([r[k] for r in rows]) for k in columns}
 
 
 def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
@@ -432,17 +510,25 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Mem
     """
     if len(train_feats) < 2:
         return None
-    t, device = cfg.method.clip_length, resolve_device(cfg.device)
-    out = {s: [] for s in MEMORIES}
-    for v, feats in enumerate(train_feats.values()):
-        others = {s: memories[s].without_video(v) for s in MEMORIES}
-        if any(len(x) == 0 for x in others.values()):
-            continue
-        clip = video_clip_scores(feats, others, cfg.method.power, device, cfg.arithmetic,
-                                 cfg.scoring.knn, cfg.scoring.knn_candidates)
-        for s in MEMORIES:
-            out[s].append(clip_to_frames(clip[s], t))
-    return {s: np.concatenate(x) for s, x in out.items()} if out["spatial"] else None
+    per_video = [leave_one_out_video(cfg, v, feats, memories) for v, feats in enumerate(train_feats.values())]
+    return join_leave_one_out(per_video)
+
+
+def leave_one_out_video(cfg: Config, v: int, feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
+    """Training video v's per-frame scores {memory: (B*T,)} against the memories less its own
+    vectors; None when a memory would be empty."""
+    others = {s: memories[s].without_video(v) for s in MEMORIES}
+    if any(len(x) == 0 for x in others.values()):
+        return None
+    clip = video_clip_scores(feats, others, cfg.method.power, resolve_device(cfg.device), cfg.arithmetic,
+                             cfg.scoring.knn, cfg.scoring.knn_candidates)
+    return {s: clip_to_frames(clip[s], cfg.method.clip_length) for s in MEMORIES}
+
+
+def join_leave_one_out(per_video: list) -> dict[str, np.ndarray] | None:
+    """leave_one_out_video of each training video in order -> {memory: (F,)}, None if none."""
+    kept = [x for x in per_video if x is not None]
+    return {s: np.concatenate([x[s] for x in kept]) for s in MEMORIES} if kept else None
 
 
 def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
@@ -452,7 +538,13 @@ def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
     or when it cannot be computed (one training video)."""
     if cfg.fusion.labelfree != "calibrated":
         return None
-    loo = leave_one_out_scores(cfg, train_features, memories)
+    return calibration(cfg, leave_one_out_scores(cfg, train_features, memories), velocity_stream)
+
+
+def calibration(cfg: Config, loo: dict[str, np.ndarray] | None,
+                velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
+    """calibrate's arithmetic from the leave-one-out scores {memory: (F,)} (None: none) -> {memory:
+    (mean, std)}, + "velocity" with a velocity stream; None without them."""
     stats = fusion.calibration_stats(loo) if loo is not None else None
     if stats and velocity_stream is not None:
         moving = velocity_stream.calibration(cfg)
@@ -463,12 +555,14 @@ def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
 # ---------------------------------------------------------------------------------------------
 # 5. fusion
 
-def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memories: dict[str, Memory], bar=None,
-         velocity_stream: velocity.VelocityStream | None = None) -> dict:
+def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict | None, memories: dict[str, Memory], bar=None,
+         velocity_stream: velocity.VelocityStream | None = None, stats: dict | None = None) -> dict:
     """Both fusions of the per-frame scores (F,): the reference (oracle) protocol, its weights and
-    sigma searched on the test labels, and the label-free one, calibrated on the training videos.
-    With a velocity stream (table["velocity"]), the label-free fusion adds velocity.weight * z(velocity)
-    (fusion.labelfree_velocity); the oracle stays the reference's three-stream search.
+    sigma searched on the test labels, and the label-free one, calibrated on the training videos
+    (`calibrate`; with train_features None, `stats` is that calibration, computed elsewhere: a
+    sharded run). With a velocity stream (table["velocity"]), the label-free fusion adds
+    velocity.weight * z(velocity) (fusion.labelfree_velocity); the oracle stays the reference's
+    three-stream search.
 
     Returns {"oracle": fusion.OracleResult, "final_oracle" (F,), "stats", "mode", "final_labelfree" (F,)}.
     """
@@ -482,7 +576,8 @@ def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict, memori
     if bar is not None:
         bar.update(1)
         bar.set_postfix_str("label-free calibration (training videos, leave one out)")
-    stats = calibrate(cfg, train_features, memories, velocity_stream)
+    if train_features is not None:
+        stats = calibrate(cfg, train_features, memories, velocity_stream)
     if velocity_stream is None:
         final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
     else:
@@ -543,17 +638,13 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
     key = keys.metrics_key(cfg, videos["train"], videos["test"])
     if work.ready("metrics.json", key) and work.ready("scores.csv", key):
         return read_json(work.path("metrics.json"))
-    if cfg.velocity.enabled and velocity_paths is None:                     # stage 1b's artifacts, read back
-        velocity_paths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in SPLITS}
+    velocity_paths = stage_velocity_paths(cfg, work, videos, velocity_paths)
     test_features, train_features = read_features(test_path), read_features(train_path)
     with progress(total=3, desc="scores and fusion", unit="step") as bar:
         bar.set_postfix_str("scoring the test videos")
         table = frame_table(cfg, test_features, {s: b.vectors for s, b in memories.items()})     # 4.
-        stream = None
-        if velocity_paths is not None:                                          # 4b. the velocity memory
-            stream = velocity.VelocityStream(cfg, velocity_paths["train"], velocity_paths["test"],
-                                             resolve_device(cfg.device))
-            table["velocity"] = velocity.aligned(stream.frame_scores(cfg, list(test_features)), table["label"])
+        stream = velocity_column(cfg, table, list(test_features), velocity_paths)          # 4b.
+        if stream is not None:
             memories = {**memories, "velocity": stream.memory}
         bar.update(1)
         fused = fuse(cfg, table, train_features, memories, bar, stream)                         # 5.
@@ -563,6 +654,26 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
     work.commit("scores.csv", key)
     work.commit("metrics.json", key)
     return read_json(work.path("metrics.json"))                             # the same value as a later cached call
+
+
+def stage_velocity_paths(cfg: Config, work: WorkDir, videos: dict, velocity_paths: dict | None) -> dict | None:
+    """Stage 1b's {"train": path, "test": path}: as given, read back from the work directory when
+    None and velocity.enabled, None when it is off."""
+    if cfg.velocity.enabled and velocity_paths is None:
+        velocity_paths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in SPLITS}
+    return velocity_paths
+
+
+def velocity_column(cfg: Config, table: dict[str, np.ndarray], names: list[str],
+                    velocity_paths: dict | None) -> velocity.VelocityStream | None:
+    """4b. the velocity memory: adds table["velocity"] (F,), each test frame's velocity score in
+    the table's frame order, and returns the stream (its memory, its calibration); None when
+    velocity_paths is None (velocity off)."""
+    if velocity_paths is None:
+        return None
+    stream = velocity.VelocityStream(cfg, velocity_paths["train"], velocity_paths["test"], resolve_device(cfg.device))
+    table["velocity"] = velocity.aligned(stream.frame_scores(cfg, names), table["label"])
+    return stream
 
 
 # ---------------------------------------------------------------------------------------------
