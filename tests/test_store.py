@@ -165,3 +165,26 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
         write_json(tmp_path / "m.json", {"a": 1})
     monkeypatch.undo()
     assert (tmp_path / "m.json").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_frames_fingerprint_once_per_run_and_fresh_between_runs(tmp_path):
+    """Inside keys.one_run() a split's frames are stat-ed once (a run reads its inputs as they
+    were at its start); the next run sees an edited frame. Names are relative to the video's
+    parent folder, as with pathlib's relative_to."""
+    from vpclib import keys
+    from vpclib.datasets import Video
+    folder = tmp_path / "frames" / "01"
+    folder.mkdir(parents=True)
+    frames = [folder / f"{i:03d}.jpg" for i in range(3)]
+    for i, f in enumerate(frames):
+        f.write_bytes(b"x" * (10 + i))
+    video = Video("01", folder, frames, 3)
+    expected_names = hashlib.sha256(json.dumps([["01/000.jpg", 10], ["01/001.jpg", 11], ["01/002.jpg", 12]]).encode())
+    with keys.one_run():
+        first = keys.frames_fingerprint([video])
+        assert first.summary["names"] == expected_names.hexdigest()[:16] and first.summary["bytes"] == 33
+        frames[1].write_bytes(b"y" * 50)                                   # edited during the run: not seen
+        assert keys.frames_fingerprint([video]) is first
+    after = keys.frames_fingerprint([video])                                # the next run: 10 + 50 + 12 bytes
+    assert after.summary["bytes"] == 72 and not after.matches(first.to_json())
+    assert keys.frames_fingerprint([video]) is not after                   # outside a run: no memo

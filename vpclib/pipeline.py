@@ -48,6 +48,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------------------------
 # the spine
 
+@keys.one_run()                                                              # inputs fingerprinted once a run
 def run(cfg: Config, work_dir, overwrite: bool = False, until: str = "metrics", videos: dict | None = None,
         encoder=None):
     """Every stage in order up to `until` ('objects', 'features', 'memory' or 'metrics'), reusing
