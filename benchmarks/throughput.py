@@ -444,14 +444,19 @@ def prepare(args, s):
         "encoder.backbone": s.backbone, "encoder.pretrained": "random", "encoder.batch_size": s.batch,
         "device": s.device})
     work = WorkDir(data / f"work-{os.getpid()}", overwrite=True)
-    encoder = TimedEncoder(build_encoder(cfg, s.device))
+    encoder = warmed_up(TimedEncoder(build_encoder(cfg, s.device)), cfg, s)
     videos = {split: pipeline.load_videos(cfg, work, split) for split in pipeline.SPLITS}
-    # warm-up: one small chunk through the encoder (cuDNN handles, kernels), outside every stage
+    return cfg, work, encoder, videos
+
+
+def warmed_up(encoder: TimedEncoder, cfg, s) -> TimedEncoder:
+    """The encoder after one small chunk (cuDNN handles, kernels, the fused encoder's one compile),
+    its counters reset: warm-up happens outside every stage."""
     with torch.inference_mode():
         engine.encode(encoder, torch.zeros(2, 224, 224, 3, device=s.device), cfg.encoder.preprocessing, s.batch,
                       lambda m, d: m.mean((1, 2, 3)))
     encoder.take()
-    return cfg, work, encoder, videos
+    return encoder
 
 
 def measure_pipeline(args, s, cfg, work, encoder, videos, boxes, ram) -> dict:
@@ -487,16 +492,11 @@ def measure_pipeline(args, s, cfg, work, encoder, videos, boxes, ram) -> dict:
 def naive_encoder(cfg, s, encoder):
     """The naive reference's encoder: the pipeline's, or with encoder.fused the same weights eager
     and unfused (the naive path as it was written: its per-clip batches would each compile a new
-    shape of the fused one), warmed up outside every stage."""
+    shape of the fused one), warmed up outside every stage (warmed_up)."""
     if not cfg.encoder.fused:
         return encoder
     plain = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, fused=False))
-    eager = TimedEncoder(build_encoder(plain, s.device))
-    with torch.inference_mode():
-        engine.encode(eager, torch.zeros(2, 224, 224, 3, device=s.device), cfg.encoder.preprocessing, s.batch,
-                      lambda m, d: m.mean((1, 2, 3)))
-    eager.take()
-    return eager
+    return warmed_up(TimedEncoder(build_encoder(plain, s.device)), cfg, s)
 
 
 def measure_naive(args, s, cfg, work, encoder, videos, boxes, ram, fast: dict) -> dict:

@@ -72,3 +72,19 @@ def test_validation_split_refuses_bad_requests(dataset, tmp_path):
     with pytest.raises(DatasetError, match="not empty"):
         pseudo.validation_split("folder", dataset, tmp_path / "c", ["01"])
     assert (tmp_path / "c" / "x").read_text() == "kept"
+
+
+def test_an_interrupted_split_leaves_no_dataset(dataset, tmp_path):
+    """A held-out video too short for its segments stops the run: nothing appears under `out`;
+    the next run (other videos) succeeds and leaves no .partial folder."""
+    short = dataset / "training" / "04"
+    short.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(short / f"{i:03d}.jpg"), np.full((H, W, 3), 99, np.uint8))
+    out = tmp_path / "val"
+    with pytest.raises(DatasetError, match="too short"):
+        pseudo.validation_split("folder", dataset, out, ["04"])
+    assert not out.exists()
+    pseudo.validation_split("folder", dataset, out, ["01"])
+    assert sorted(p.name for p in out.iterdir()) == ["labels", "testing", "training"]
+    assert not (tmp_path / "val.partial").exists()

@@ -37,7 +37,7 @@ from .config import Config
 from .encoder import resolve_device
 from .errors import ConfigError
 from .memory import MEMORIES, Memory, build_memory, load_memory, merge_memories, save_memory
-from .store import WorkDir, atomic_path, read_json, write_json
+from .store import WorkDir, atomic_path, read_json
 
 TIMEOUT = timedelta(hours=6)        # a barrier waits this long (rank 0 alone runs stage 1 meanwhile)
 
@@ -234,12 +234,9 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
         if stream is not None:
             memories = {**memories, "velocity": stream.memory}
         joined = pipeline.join_leave_one_out([loo[v.name] for v in videos["train"]]) if calibrated else None
-        stats = pipeline.calibration(cfg, joined, stream) if calibrated else None
+        stats = pipeline.calibration_from_scores(cfg, joined, stream)      # None without leave-one-out scores
         fused = pipeline.fuse(cfg, table, None, memories, velocity_stream=stream, stats=stats)
         result = pipeline.measure(cfg, table, fused, memories, {n: {"object_clip": objects[n]} for n in names})
-        pipeline.write_scores_csv(work.path("scores.csv"), names, table, fused["final_oracle"], fused["final_labelfree"])
-        write_json(work.path("metrics.json"), result)
-        work.commit("scores.csv", key)
-        work.commit("metrics.json", key)
+        pipeline.write_results(work, key, names, table, fused, result)
     ranks.barrier()
     return read_json(work.path("metrics.json"))

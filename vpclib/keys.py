@@ -47,16 +47,17 @@ def one_run():
 
 def frames_fingerprint(videos) -> FileSet:
     """FileSet of every frame file (or video file) of a list of `datasets.Video`s."""
-    listed = [(str(v.source), tuple(map(str, v.frame_paths)) if v.frame_paths is not None else None) for v in videos]
-    if _RUN_MEMO is not None and (memo := _RUN_MEMO.get(tuple(listed))) is not None:
-        return memo
+    listed = tuple((str(v.source), tuple(map(str, v.frame_paths)) if v.frame_paths is not None else None)
+                   for v in videos)
+    if _RUN_MEMO is not None and listed in _RUN_MEMO:
+        return _RUN_MEMO[listed]
     files = []
     for source, paths in listed:
         base = os.path.dirname(source)
         files += [(os.path.relpath(p, base).replace(os.sep, "/"), p) for p in (paths or [source])]
     fingerprint = FileSet(files)
     if _RUN_MEMO is not None:
-        _RUN_MEMO[tuple(listed)] = fingerprint
+        _RUN_MEMO[listed] = fingerprint
     return fingerprint
 
 

@@ -539,11 +539,11 @@ def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
     or when it cannot be computed (one training video)."""
     if cfg.fusion.labelfree != "calibrated":
         return None
-    return calibration(cfg, leave_one_out_scores(cfg, train_features, memories), velocity_stream)
+    return calibration_from_scores(cfg, leave_one_out_scores(cfg, train_features, memories), velocity_stream)
 
 
-def calibration(cfg: Config, loo: dict[str, np.ndarray] | None,
-                velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
+def calibration_from_scores(cfg: Config, loo: dict[str, np.ndarray] | None,
+                            velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
     """calibrate's arithmetic from the leave-one-out scores {memory: (F,)} (None: none) -> {memory:
     (mean, std)}, + "velocity" with a velocity stream; None without them."""
     stats = fusion.calibration_stats(loo) if loo is not None else None
@@ -650,11 +650,17 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
         bar.update(1)
         fused = fuse(cfg, table, train_features, memories, bar, stream)                         # 5.
     result = measure(cfg, table, fused, memories, test_features)                                 # 6.
-    write_scores_csv(work.path("scores.csv"), list(test_features), table, fused["final_oracle"], fused["final_labelfree"])
+    write_results(work, key, list(test_features), table, fused, result)
+    return read_json(work.path("metrics.json"))                             # the same value as a later cached call
+
+
+def write_results(work: WorkDir, key: dict, names: list[str], table: dict[str, np.ndarray], fused: dict,
+                  result: dict) -> None:
+    """scores.csv and metrics.json (stage 6's artifacts), each committed with the metrics' key."""
+    write_scores_csv(work.path("scores.csv"), names, table, fused["final_oracle"], fused["final_labelfree"])
     write_json(work.path("metrics.json"), result)
     work.commit("scores.csv", key)
     work.commit("metrics.json", key)
-    return read_json(work.path("metrics.json"))                             # the same value as a later cached call
 
 
 def stage_velocity_paths(cfg: Config, work: WorkDir, videos: dict, velocity_paths: dict | None) -> dict | None:

@@ -90,7 +90,8 @@ def validation_split(layout: str, root, out, held_out: list[str], seed: int = 0)
     """Write the validation dataset to `out` (layout "folder"): training/<video>/ the kept training
     videos, testing/<video>/ the held-out ones with their two segments, labels/<video>.npy their
     (n_frames,) uint8 masks. Returns {video: {"fast": (s, e), "pasted": (s, e), "patch_from": name}}.
-    Refuses an existing non-empty `out` (nothing is overwritten)."""
+    Refuses an existing non-empty `out` (nothing is overwritten); written into `out`.partial and
+    renamed when complete, so an interrupted run leaves no half dataset under `out`."""
     root, out = Path(root), Path(out)
     videos = {v.name: v for v in load_split(layout, root, "train")}
     missing = [n for n in held_out if n not in videos]
@@ -99,35 +100,39 @@ def validation_split(layout: str, root, out, held_out: list[str], seed: int = 0)
                            f"{sorted(videos)}" + (f" (unknown: {missing})" if missing else ""))
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} exists and is not empty: choose a new folder")
+    building = out.with_name(out.name + ".partial")                          # renamed to `out` when complete
+    shutil.rmtree(building, ignore_errors=True)
     kept = [n for n in videos if n not in held_out]
     rng = np.random.default_rng(seed)
     for name in kept:
-        (out / "training" / name).mkdir(parents=True)
+        (building / "training" / name).mkdir(parents=True)
         for p in videos[name].frame_paths:
-            _link_or_copy(Path(p), out / "training" / name / Path(p).name)
-    (out / "labels").mkdir(parents=True)
+            _link_or_copy(Path(p), building / "training" / name / Path(p).name)
+    (building / "labels").mkdir(parents=True)
     plan = {}
     for name in held_out:
         video = videos[name]
         seg = segments(video.n_frames, rng)
+        (fs, fe), (ps, pe) = seg["fast"], seg["pasted"]
         donor = videos[kept[int(rng.integers(0, len(kept)))]]
         patch = foreign_patch(read_image(Path(donor.frame_paths[int(rng.integers(0, donor.n_frames))])), rng)
         first = read_image(Path(video.frame_paths[0]))
         row = int(rng.integers(0, first.shape[0] - patch.shape[0] + 1))
-        folder = out / "testing" / name
+        folder = building / "testing" / name
         folder.mkdir(parents=True)
         labels = np.zeros(video.n_frames, np.uint8)
+        labels[fs:fe] = labels[ps:pe] = 1
         for i, p in enumerate(video.frame_paths):
-            (fs, fe), (ps, pe) = seg["fast"], seg["pasted"]
-            source = fast_source(i, fs) if fs <= i < fe else i
-            frame = read_image(Path(video.frame_paths[source]))
+            frame = read_image(Path(video.frame_paths[fast_source(i, fs) if fs <= i < fe else i]))
             if ps <= i < pe:
                 frame = paste_patch(frame, patch, i - ps, row)
-            labels[i] = fs <= i < fe or ps <= i < pe
             if not cv2.imwrite(str(folder / f"{Path(p).stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
                 raise DatasetError(f"could not write {folder / Path(p).stem}.jpg")
-        np.save(out / "labels" / f"{name}.npy", labels)
+        np.save(building / "labels" / f"{name}.npy", labels)
         plan[name] = {**seg, "patch_from": donor.name}
+    if out.exists():
+        out.rmdir()                                                          # empty (checked above)
+    building.rename(out)
     return plan
 
 
