@@ -88,3 +88,42 @@ def test_an_interrupted_split_leaves_no_dataset(dataset, tmp_path):
     pseudo.validation_split("folder", dataset, out, ["01"])
     assert sorted(p.name for p in out.iterdir()) == ["labels", "testing", "training"]
     assert not (tmp_path / "val.partial").exists()
+
+
+def test_held_out_folds_are_consecutive_natural_runs():
+    names = [str(i) for i in (10, 2, 1, 16, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15)]    # shuffled, "10" < "2" as text
+    assert pseudo.held_out_folds(names, 4) == [["1", "2", "3", "4"], ["5", "6", "7", "8"],
+                                               ["9", "10", "11", "12"], ["13", "14", "15", "16"]]
+    # 10 videos in 3: bounds 0, 3.33, 6.67, 10 rounded to 0, 3, 7, 10
+    assert [len(f) for f in pseudo.held_out_folds([f"{i:02d}" for i in range(10)], 3)] == [3, 4, 3]
+    for k in (1, 9):                                                    # every fold keeps half for its memories
+        with pytest.raises(DatasetError, match="folds"):
+            pseudo.held_out_folds([f"{i:02d}" for i in range(16)], k)
+
+
+def pairwise_auc(labels, scores):
+    """AUC as the share of (anomalous, normal) pairs ordered right, ties half: by hand."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def test_labelfree_aucs_refuse_a_finished_runs_scores():
+    # two videos of 4 frames; sigma 0 (no smoothing), so the fused score is a weighted sum of z-scores
+    scores = {"video": np.array(["a"] * 4 + ["b"] * 4), "label": np.array([0, 1, 1, 0, 0, 0, 1, 0]),
+              "spatial": np.array([1.0, 3, 2, 1, 2, 1, 5, 1]), "temporal": np.array([2.0, 1, 4, 2, 1, 3, 1, 2]),
+              "highlevel": np.array([0.0, 1, 1, 0, 2, 0, 0, 1]), "velocity": np.array([1.0, 1, 1, 1, 0, 2, 9, 0])}
+    stats = {"spatial": (1.0, 2.0), "temporal": (2.0, 1.0), "highlevel": (0.0, 1.0), "velocity": (1.0, 4.0)}
+    # a = 0.25, b = 0.75: 0.75 * (0.25 * (S - 1) / 2 + 0.75 * (T - 2)) + 0.25 * H, worked frame by frame
+    fused = [0.75 * (0.25 * (s - 1) / 2 + 0.75 * (t - 2)) + 0.25 * h
+             for s, t, h in zip(scores["spatial"], scores["temporal"], scores["highlevel"])]
+    assert np.allclose(fused[:4], [0.0, -0.125, 1.46875, 0.0], atol=1e-12)   # video a, by hand
+    micro, macro = pseudo.labelfree_aucs(scores, stats, 0.25, 0.75, 0)
+    assert micro == pytest.approx(pairwise_auc(scores["label"], fused), abs=1e-7)
+    assert macro == pytest.approx((pairwise_auc([0, 1, 1, 0], fused[:4]) + pairwise_auc([0, 0, 1, 0], fused[4:])) / 2,
+                                  abs=1e-7)
+    # + weight * (V - 1) / 4 with weight 2: frame 6's velocity (9) lifts it above every other frame
+    with_velocity = [f + 2 * (v - 1) / 4 for f, v in zip(fused, scores["velocity"])]
+    micro, _ = pseudo.labelfree_aucs(scores, stats, 0.25, 0.75, 0, velocity_weight=2.0)
+    assert micro == pytest.approx(pairwise_auc(scores["label"], with_velocity), abs=1e-7)
+    assert micro != pytest.approx(pairwise_auc(scores["label"], fused), abs=1e-3)

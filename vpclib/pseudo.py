@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .datasets import load_split, read_image
+from .datasets import load_split, natural_sort, read_image
 from .errors import DatasetError
 
 FAST_SPEED = 3              # the fast segment's speed-up
@@ -134,6 +134,39 @@ def validation_split(layout: str, root, out, held_out: list[str], seed: int = 0)
         out.rmdir()                                                          # empty (checked above)
     building.rename(out)
     return plan
+
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing settings on validation splits
+
+def held_out_folds(names: list[str], k: int) -> list[list[str]]:
+    """`k` held-out sets of the training videos `names`: consecutive runs of the natural-sorted
+    names, as equal as possible (16 videos, k = 4: 01-04, 05-08, 09-12, 13-16). Fixed a priori: no
+    fold is chosen by its result."""
+    if not 2 <= k <= len(names) // 2:
+        raise DatasetError(f"{k} folds of {len(names)} training videos: need 2 <= folds <= {len(names) // 2} "
+                           f"(every fold keeps at least half of the videos for its memories)")
+    ordered = natural_sort(names)
+    bounds = np.linspace(0, len(ordered), k + 1).round().astype(int)
+    return [ordered[bounds[i]:bounds[i + 1]] for i in range(k)]
+
+
+def labelfree_aucs(scores: dict[str, np.ndarray], stats: dict | None, a: float, b: float, sigma: float,
+                   velocity_weight: float | None = None) -> tuple[float, float]:
+    """(micro, macro) AUC of the label-free fusion of a finished run's per-frame scores
+    (`pipeline.read_scores` of its scores.csv) with other fusion weights: `stats` is its
+    metrics.json's labelfree.stats (the training videos' leave-one-out calibration, which does not
+    depend on a, b, sigma or the velocity weight), velocity_weight None: the three-stream fusion."""
+    from . import fusion, metrics
+    _, video = np.unique(scores["video"], return_inverse=True)
+    labels = scores["label"]
+    if velocity_weight is None:
+        final = fusion.labelfree(scores["spatial"], scores["temporal"], scores["highlevel"], video, stats, a, b, sigma)
+    else:
+        final = fusion.labelfree_velocity(scores["spatial"], scores["temporal"], scores["highlevel"],
+                                          scores["velocity"], video, stats, a, b, sigma, velocity_weight)
+    return metrics.auc(labels, final), metrics.macro_auc(labels, final, video)
 
 
 def main(argv=None) -> int:
