@@ -4,6 +4,7 @@ folds of the training split (issue 10, item 6).
     python benchmarks/selection.py folds  --data-root /work/data/ped2 --device cuda [--folds 0 1 2 3]
     python benchmarks/selection.py choose --work-root /tmp/vpc-selection
     python benchmarks/selection.py test   --data-root /work/data/ped2 --device cuda [--all]
+    python benchmarks/selection.py segments | transfer --work-root /tmp/vpc-selection
 
 folds   The 16 training videos are cut into FOLDS held-out sets (vpclib.pseudo.held_out_folds:
         01-04, 05-08, 09-12, 13-16). Each becomes a validation split (vpclib.pseudo.validation_split,
@@ -22,8 +23,13 @@ choose  Every pipeline candidate x every fusion setting of FUSION_GRID (a, b, si
 test    The choice, run once on the Ped2 test split (its metrics: oracle beside label-free), and
         with --all every pipeline candidate with params/ped2.yaml's fusion (the table of every
         configuration tried). Rows appended to benchmarks/results/selection.jsonl.
+segments  Each pseudo-anomaly kind alone (normal frames against the fast segments, then against the
+        pasted ones) per candidate and stream: why a candidate wins on the folds. No test label.
+transfer  After `test --all`: every setting of the ranking on the test split too (re-fused from the
+        test runs) and the rank correlation of pseudo and test AUCs: does the criterion transfer?
 
-Nothing here reads a test label before `test`, and `test` changes nothing that was chosen.
+Nothing here reads a test label before `test`, and neither `test` nor `transfer` changes what was
+chosen. Measured on full Ped2 (README, "Choosing settings without test labels"): it does not transfer.
 """
 
 from __future__ import annotations
