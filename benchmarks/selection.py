@@ -75,6 +75,23 @@ def candidates(dets=DETECTORS, encs=CANDIDATE_ENCODERS) -> list[tuple[str, str, 
     return [(d, e, v) for d in dets for e in encs for v in (False, True)]
 
 
+def candidate_order(cand: tuple[str, str, bool]) -> tuple[int, int, bool]:
+    """Sort key of a (detector, encoder, velocity): realvideo.py's order of detectors and encoders,
+    velocity off first (simpler first, the order ties are broken in)."""
+    return list(detectors(Path("."))).index(cand[0]), list(ENCODERS).index(cand[1]), cand[2]
+
+
+def candidate_of(config: dict) -> tuple[str, str, bool]:
+    """The (detector, encoder, velocity) a finished run's config (metrics.json "config") was made
+    with: the candidate whose --set values it holds."""
+    def holds(sets: dict) -> bool:
+        return all(config[k.split(".")[0]].get(k.split(".")[1]) == v for k, v in sets.items()
+                   if k.split(".")[1] in ("detector", "backbone", "pretrained"))
+    det = next(d for d, sets in detectors(Path(".")).items() if holds(sets or {"objects.detector": "motion"}))
+    enc = next(e for e, sets in ENCODERS.items() if holds(sets))
+    return det, enc, config.get("velocity", {}).get("enabled", False)
+
+
 def candidate_name(det: str, enc: str, vel: bool) -> str:
     return f"{det}-{enc}" + ("-velocity" if vel else "")
 
@@ -129,7 +146,8 @@ def run_folds(args) -> None:
             start = time.perf_counter()
             result = pipeline.run(cfg, work)
             wall = time.perf_counter() - start
-            link_artifacts(work, fold / f"{'velocity' if vel else 'objects'}-{det}", ["velocity" if vel else "objects"])
+            shared = "velocity" if vel else "objects"                           # for the next encoder
+            link_artifacts(work, fold / f"{shared}-{det}", [shared])
             row = {"fold": k, "held_out": held[k], "detector": det, "encoder": enc, "velocity": vel,
                    "auc_micro_labelfree": result["auc_micro_labelfree"], "auc_macro_labelfree": result["auc_macro_labelfree"],
                    "auc_micro_oracle": result["auc_micro_oracle"], "auc_stream": result["auc_stream"],
@@ -159,10 +177,8 @@ def fold_runs(work_root: Path) -> dict[tuple, list[Path]]:
 def rank(runs: dict[tuple, list[Path]]) -> list[dict]:
     """Every candidate x fusion setting with its per-fold label-free micro / macro AUCs and their
     means, best mean micro first (a stable sort: ties keep candidate order, then FUSION_GRID order)."""
-    order = {c: i for i, c in enumerate(candidates(dets=tuple(dict.fromkeys(c[0] for c in runs)),
-                                                   encs=tuple(dict.fromkeys(c[1] for c in runs))))}
     rows = []
-    for cand in sorted(runs, key=lambda c: order.get(c, len(order))):
+    for cand in sorted(runs, key=candidate_order):
         folds = [(pipeline.read_scores(w / "scores.csv"), read_json(w / "metrics.json")["labelfree"]["stats"])
                  for w in runs[cand]]
         for setting in fusion_settings(cand[2]):
@@ -253,7 +269,7 @@ def segment_aucs(args) -> None:
     runs = fold_runs(Path(args.work_root))
     print("| detector | encoder | velocity | segment | label-free | spatial | temporal | high-level | velocity alone |")
     print("|" + "---|" * 9)
-    for cand in sorted(runs, key=lambda c: candidates().index(c) if c in candidates() else 99):
+    for cand in sorted(runs, key=candidate_order):
         for kind in ("fast", "pasted"):
             labels, cols = [], {}
             for w in runs[cand]:
@@ -267,12 +283,9 @@ def segment_aucs(args) -> None:
                     if c in table:
                         cols.setdefault(c, []).append(table[c][keep])
             y = np.concatenate(labels)
-            a = {c: metrics.auc(y, np.concatenate(v)) for c, v in cols.items()}
-            print(f"| {cand[0]} | {cand[1]} | {'on' if cand[2] else 'off'} | {kind} | {a['final_labelfree']:.3f} | "
-                  f"{a['spatial']:.3f} | {a['temporal']:.3f} | {a['highlevel']:.3f} | "
-                  f"{a['velocity']:.3f} |" if "velocity" in a else
-                  f"| {cand[0]} | {cand[1]} | {'on' if cand[2] else 'off'} | {kind} | {a['final_labelfree']:.3f} | "
-                  f"{a['spatial']:.3f} | {a['temporal']:.3f} | {a['highlevel']:.3f} | - |")
+            a = {c: f"{metrics.auc(y, np.concatenate(v)):.3f}" for c, v in cols.items()}
+            print(f"| {cand[0]} | {cand[1]} | {'on' if cand[2] else 'off'} | {kind} | {a['final_labelfree']} | "
+                  f"{a['spatial']} | {a['temporal']} | {a['highlevel']} | {a.get('velocity', '-')} |")
 
 
 def transfer(args) -> None:
@@ -285,11 +298,7 @@ def transfer(args) -> None:
     rows = json.loads((work_root / "ranking.json").read_text())
     test_dirs = {}
     for w in sorted((work_root / "test").glob("*/metrics.json")):
-        cfg = read_json(w)["config"]
-        det = "motion" if cfg["objects"]["detector"] == "motion" else "yolov5n"
-        enc = next(e for e, sets in ENCODERS.items() if sets["encoder.backbone"] == cfg["encoder"]["backbone"]
-                   and sets["encoder.pretrained"] == cfg["encoder"]["pretrained"])
-        test_dirs.setdefault((det, enc, cfg.get("velocity", {}).get("enabled", False)), w.parent)
+        test_dirs.setdefault(candidate_of(read_json(w)["config"]), w.parent)     # its fusion is re-done below
     scored = []
     for r in rows:
         w = test_dirs.get((r["detector"], r["encoder"], r["velocity"]))
@@ -322,7 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
     p.add_argument("--work-root", default="/tmp/vpc-selection")
     p.add_argument("--n-folds", type=int, default=FOLDS, help="folds: held-out sets the training videos are cut into")
-    p.add_argument("--folds", nargs="+", type=int, default=list(range(FOLDS)), help="folds: which of them to run here")
+    p.add_argument("--folds", nargs="+", type=int, help="folds: which of them to run here (default: all)")
     p.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     p.add_argument("--encoders", nargs="+", default=list(CANDIDATE_ENCODERS))
     p.add_argument("--top", type=int, default=20, help="choose: rows of the ranking printed")
@@ -331,6 +340,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-choice", action="store_true", help="test: only the candidates of --all (e.g. one process per detector)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "selection.jsonl"))
     args = p.parse_args(argv)
+    args.folds = list(range(args.n_folds)) if args.folds is None else args.folds
     os.environ.setdefault("VPC_PROGRESS", "0")
     if args.stage in ("folds", "test"):
         if not args.data_root:

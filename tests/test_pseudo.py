@@ -108,7 +108,7 @@ def pairwise_auc(labels, scores):
     return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
 
 
-def test_labelfree_aucs_refuse_a_finished_runs_scores():
+def test_labelfree_aucs_fuse_a_finished_runs_scores_again():
     # two videos of 4 frames; sigma 0 (no smoothing), so the fused score is a weighted sum of z-scores
     scores = {"video": np.array(["a"] * 4 + ["b"] * 4), "label": np.array([0, 1, 1, 0, 0, 0, 1, 0]),
               "spatial": np.array([1.0, 3, 2, 1, 2, 1, 5, 1]), "temporal": np.array([2.0, 1, 4, 2, 1, 3, 1, 2]),

@@ -175,3 +175,13 @@ def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats,
         return per_video(lambda x: smooth(x, sigma), fused, video_ids)
     levels = reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a, b, sigma)
     return minmax(levels["fused"] + weight * smooth(zscore(velocity), sigma))
+
+
+def labelfree_streams(streams: dict[str, np.ndarray], video_ids, stats, a: float, b: float, sigma: float,
+                      velocity_weight: float | None = None) -> np.ndarray:
+    """The label-free final score (F,) of a table of per-frame streams {"spatial", "temporal",
+    "highlevel"[, "velocity"]: (F,)}: `labelfree`, or with a velocity weight `labelfree_velocity`."""
+    sp, tp, hl = streams["spatial"], streams["temporal"], streams["highlevel"]
+    if velocity_weight is None:
+        return labelfree(sp, tp, hl, video_ids, stats, a, b, sigma)
+    return labelfree_velocity(sp, tp, hl, streams["velocity"], video_ids, stats, a, b, sigma, velocity_weight)

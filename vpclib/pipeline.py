@@ -579,11 +579,8 @@ def fuse(cfg: Config, table: dict[str, np.ndarray], train_features: dict | None,
         bar.set_postfix_str("label-free calibration (training videos, leave one out)")
     if train_features is not None:
         stats = calibrate(cfg, train_features, memories, velocity_stream)
-    if velocity_stream is None:
-        final_free = fusion.labelfree(sp, tp, hl, vid, stats, f.a, f.b, f.sigma)
-    else:
-        final_free = fusion.labelfree_velocity(sp, tp, hl, table["velocity"], vid, stats, f.a, f.b, f.sigma,
-                                               cfg.velocity.weight)
+    final_free = fusion.labelfree_streams(table, vid, stats, f.a, f.b, f.sigma,
+                                          None if velocity_stream is None else cfg.velocity.weight)
     if bar is not None:
         bar.update(1)
     return {"oracle": oracle, "final_oracle": final_oracle, "stats": stats,

@@ -136,7 +136,6 @@ def validation_split(layout: str, root, out, held_out: list[str], seed: int = 0)
     return plan
 
 
-
 # ---------------------------------------------------------------------------------------------
 # comparing settings on validation splits
 
@@ -160,13 +159,8 @@ def labelfree_aucs(scores: dict[str, np.ndarray], stats: dict | None, a: float, 
     depend on a, b, sigma or the velocity weight), velocity_weight None: the three-stream fusion."""
     from . import fusion, metrics
     _, video = np.unique(scores["video"], return_inverse=True)
-    labels = scores["label"]
-    if velocity_weight is None:
-        final = fusion.labelfree(scores["spatial"], scores["temporal"], scores["highlevel"], video, stats, a, b, sigma)
-    else:
-        final = fusion.labelfree_velocity(scores["spatial"], scores["temporal"], scores["highlevel"],
-                                          scores["velocity"], video, stats, a, b, sigma, velocity_weight)
-    return metrics.auc(labels, final), metrics.macro_auc(labels, final, video)
+    final = fusion.labelfree_streams(scores, video, stats, a, b, sigma, velocity_weight)
+    return metrics.auc(scores["label"], final), metrics.macro_auc(scores["label"], final, video)
 
 
 def main(argv=None) -> int:
