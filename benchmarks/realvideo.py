@@ -26,6 +26,11 @@ C = D / 4 channel groups of 4 channels each, as params/ped2.yaml):
   rn101-random            CLIP RN101 layer2 + layer3, random weights, faithful preprocessing
                           (D = 1536): the paper's compute, for scale; its AUCs mean little
 No setting here is chosen on test labels.
+
+--set KEY=VALUE (repeatable) adds overrides to every configuration of the invocation, after the
+detector's and encoder's (e.g. --set velocity.bins=1); they are recorded in each row's "sets", and
+--tag NAME names the variant in the work directories and the rows ("tag"), so that its rows sit
+beside the plain ones in one results file.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vpclib import pipeline  # noqa: E402
+from vpclib.cli import parse_sets  # noqa: E402
 from vpclib.config import load_params  # noqa: E402
 from vpclib.encoder import resolve_device  # noqa: E402
 
@@ -81,8 +87,10 @@ def run_one(args, det: str, enc: str, det_sets: dict) -> dict:
     sets = {**det_sets, **ENCODERS[enc], "device": args.device}
     if args.velocity:
         sets["velocity.enabled"] = True                        # its defaults, fixed before any Ped2 number
+    sets.update(parse_sets(args.sets))
     cfg = load_params(ROOT / "params" / "ped2.yaml", sets=sets, **{"data.root": args.data_root})
-    work = Path(args.work_root) / f"{det}-{enc}-{args.device.replace(':', '')}{'-velocity' if args.velocity else ''}"
+    suffix = ("-velocity" if args.velocity else "") + (f"-{args.tag}" if args.tag else "")
+    work = Path(args.work_root) / f"{det}-{enc}-{args.device.replace(':', '')}{suffix}"
     shared_objects = Path(args.work_root) / f"objects-{det}"
     if shared_objects.is_dir() and not (work / "objects").exists():
         shutil.copytree(shared_objects, work / "objects")       # the manifest check still applies
@@ -94,7 +102,8 @@ def run_one(args, det: str, enc: str, det_sets: dict) -> dict:
     if args.objects_only:
         return None
     return {
-        "detector": det, "encoder": enc, "velocity": bool(args.velocity), "device": args.device, "device_name": device_name(args.device),
+        "detector": det, "encoder": enc, "velocity": bool(args.velocity), **({"tag": args.tag} if args.tag else {}),
+        "device": args.device, "device_name": device_name(args.device),
         "data_root": str(args.data_root), "n_test_frames": result["n_test_frames"],
         "auc_micro_oracle": result["auc_micro_oracle"], "auc_micro_labelfree": result["auc_micro_labelfree"],
         "auc_macro_labelfree": result["auc_macro_labelfree"], "auc_stream": result["auc_stream"],
@@ -103,13 +112,13 @@ def run_one(args, det: str, enc: str, det_sets: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| detector | encoder | velocity | oracle micro (3 streams) | label-free micro | label-free macro | spatial "
+    head = ("| detector | encoder | velocity | variant | oracle micro (3 streams) | label-free micro | label-free macro | spatial "
             "| temporal | high-level | velocity alone | wall s | device |")
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         s = r["auc_stream"]
         alone = f"{s['velocity']:.3f}" if "velocity" in s else "-"
-        lines.append(f"| {r['detector']} | {r['encoder']} | {'on' if r.get('velocity') else 'off'} | "
+        lines.append(f"| {r['detector']} | {r['encoder']} | {'on' if r.get('velocity') else 'off'} | {r.get('tag', '-')} | "
                      f"{r['auc_micro_oracle']:.3f} | {r['auc_micro_labelfree']:.3f} | {r['auc_macro_labelfree']:.3f} | "
                      f"{s['spatial']:.3f} | {s['temporal']:.3f} | {s['highlevel']:.3f} | {alone} | {r['wall_s']:.0f} | "
                      f"{r['device_name']} |")
@@ -127,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "realvideo.jsonl"))
     p.add_argument("--velocity", action="store_true",
                    help="velocity.enabled=true (the velocity memory, beyond the paper, its defaults) in every configuration")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="an override for every configuration (after the detector's and encoder's), recorded in the rows")
+    p.add_argument("--tag", default="", help="the variant's name in the work directories and rows (with --set)")
     p.add_argument("--objects-only", action="store_true",
                    help="stage 1 only: write <work-root>/objects-<detector> (e.g. detect on one machine, "
                         "copy the folder, encode on another; the objects' cache key still applies)")

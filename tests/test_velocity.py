@@ -74,6 +74,7 @@ def test_flow_histogram_by_hand():
     h = velocity.flow_histogram(flow, (1, 1, 4, 3), 8)                  # x 1..3, y 1..2: 6 pixels
     assert h.tolist() == pytest.approx([3 / 6, 5 / 6, 4 / 6, 0, 1 / 6, 0, 0, 0])
     assert velocity.flow_histogram(flow, (2, 2, 2, 3), 8).tolist() == [0.0] * 8   # an empty box
+    assert velocity.flow_histogram(flow, (1, 1, 4, 3), 1).tolist() == pytest.approx([(3 + 4 + 1 + 5) / 6])  # speed only
 
 
 def test_video_velocities_decodes_only_clips_with_objects(fake_video_cls):
@@ -192,7 +193,7 @@ def test_default_off_leaves_every_key_unchanged(params):
     assert changed.to_dict()["velocity"]["bins"] == 16 and from_dict(changed.to_dict()) == changed
 
 
-@pytest.mark.parametrize("override, key", [({"bins": 1}, "velocity.bins"), ({"dis_preset": "slow"}, "velocity.dis_preset"),
+@pytest.mark.parametrize("override, key", [({"bins": 0}, "velocity.bins"), ({"dis_preset": "slow"}, "velocity.dis_preset"),
                                            ({"coreset_ratio": 0.0}, "velocity.coreset_ratio"),
                                            ({"weight": -1.0}, "velocity.weight"), ({"enabled": "yes"}, "velocity.enabled")])
 def test_bad_velocity_parameters_name_the_key(override, key):

@@ -133,7 +133,7 @@ class VelocityConfig:
     """The optional velocity memory, beyond the paper (after AI-VAD; vpclib.velocity). Off by
     default: the faithful method, its cache keys and its outputs are untouched while it is off."""
     enabled: bool = False
-    bins: int = 8                        # orientation bins of the flow histogram (AI-VAD: 8)
+    bins: int = 8                        # orientation bins of the flow histogram (AI-VAD: 8; 1 on Ped2: speed only)
     dis_preset: str = "medium"           # one of DIS_PRESETS: OpenCV DIS optical flow preset
     coreset_ratio: float = 1.0           # per-video coreset of the velocity memory; 1: keep every vector
     weight: float = 0.5                  # label-free fusion: + weight * z(velocity); 0.5 = b, the local stream's
@@ -252,7 +252,7 @@ def _validate(cfg: Config) -> Config:
     need(cfg.fusion.sigma >= 0.0, "fusion.sigma", "must be >= 0")
     need(len(cfg.fusion.a_grid) > 0 and len(cfg.fusion.b_grid) > 0 and len(cfg.fusion.sigma_grid) > 0,
          "fusion.*_grid", "must not be empty")
-    need(cfg.velocity.bins >= 2, "velocity.bins", "must be >= 2")
+    need(cfg.velocity.bins >= 1, "velocity.bins", "must be >= 1 (1: the mean speed in the box, no direction)")
     need(cfg.velocity.dis_preset in DIS_PRESETS, "velocity.dis_preset",
          f"must be one of {DIS_PRESETS}, got {cfg.velocity.dis_preset!r}")
     need(0.0 < cfg.velocity.coreset_ratio <= 1.0, "velocity.coreset_ratio", "must be in (0, 1]")

@@ -26,7 +26,9 @@ edge), and the sums are divided by the number of pixels of the box:
 So sum_k h_k is the mean speed in the box and h points in the direction of motion; static
 background inside a grown box adds no mass (its flow is ~0). AI-VAD's histogram is magnitude
 weighted with 8 bins; dividing by the box's pixel count (not by each bin's count) keeps a bin that
-holds a few noisy pixels from weighing like one that holds the whole object.
+holds a few noisy pixels from weighing like one that holds the whole object. bins = 1 is AI-VAD's
+own Ped2 setting (their feature extraction uses one bin on Ped2, eight elsewhere): h = (mean speed,),
+no direction.
 
 Memory and scores, like the other memories (vpclib.memory, vpclib.scores): one Memory of the
 training vectors, per training video (`velocity.coreset_ratio`; 1 keeps every vector: D_v = 8 is
