@@ -2,11 +2,12 @@
 
 import hashlib
 import json
+import shutil
 
 import pytest
 
 from vpclib.errors import CacheMismatchError, WorkDirError
-from vpclib.store import FileSet, WorkDir, atomic_path, file_digest, read_json, write_json
+from vpclib.store import FileSet, WorkDir, atomic_path, file_digest, folder_digest, read_json, write_json
 
 PARAMS = {"method.clip_length": 10, "objects": {"crop_size": 64, "classes": [0, 2]}}
 
@@ -152,6 +153,38 @@ def test_mismatch_shows_fileset_old_and_new(tmp_path):
 def test_file_digest(tmp_path):
     (tmp_path / "x.csv").write_bytes(b"video,frame\n")
     assert file_digest(tmp_path / "x.csv") == f"sha256:{hashlib.sha256(b'video,frame' + bytes([10])).hexdigest()[:16]} (12 bytes)"
+
+
+def test_folder_digest_by_hand(tmp_path):
+    model = tmp_path / "a" / "yolo_openvino_model"
+    (model / "sub").mkdir(parents=True)
+    (model / "m.xml").write_bytes(b"<net/>")
+    (model / "sub" / "w.bin").write_bytes(b"\x01\x02")
+    expected = hashlib.sha256(b"m.xml\x006\x00<net/>" + b"sub/w.bin\x002\x00\x01\x02").hexdigest()[:16]
+    assert folder_digest(model) == f"sha256:{expected} (2 files, 8 bytes)"
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(model, moved)
+    assert folder_digest(moved) == folder_digest(model)                        # where it lies does not enter
+    (moved / "sub" / "w.bin").write_bytes(b"\x01\x03")
+    assert folder_digest(moved) != folder_digest(model)                        # one byte changed
+    (moved / "sub" / "w.bin").write_bytes(b"\x01\x02")
+    (moved / "sub" / "w.bin").rename(moved / "w.bin")
+    assert folder_digest(moved) != folder_digest(model)                        # a file moved
+
+
+def test_a_weights_folder_is_keyed_by_content_not_path(tmp_path):
+    from vpclib import keys
+    from vpclib.config import from_dict
+    model = tmp_path / "yolo11n_int8_openvino_model"
+    model.mkdir()
+    (model / "yolo11n.xml").write_bytes(b"<net/>")
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    key = lambda m: keys.objects_key(from_dict({"objects": {"detector": "ultralytics", "weights": str(m)}}), "test", [])
+    assert key(model)["objects.weights"] == key(copy)["objects.weights"] == folder_digest(model)
+    (copy / "yolo11n.xml").write_bytes(b"<net2/>")
+    assert key(copy)["objects.weights"] != key(model)["objects.weights"]
+    assert key(tmp_path / "absent")["objects.weights"] == str(tmp_path / "absent")   # a download name stays a name
 
 
 def test_write_errors_name_the_file(tmp_path, monkeypatch):

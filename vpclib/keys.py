@@ -9,8 +9,8 @@
 
 Frames are fingerprinted by their names relative to the video's folder (`01/000.jpg`), sizes and
 mtimes, with a content hash for copied data (`store.FileSet`); single files by a content hash
-(`store.file_digest`); labels by a hash of the per-frame masks they give. A path's spelling never
-enters a key. `WorkDir.decide` compares keys.
+(`store.file_digest`), a model folder by its files' names and contents (`store.folder_digest`);
+labels by a hash of the per-frame masks they give. A path's spelling never enters a key. `WorkDir.decide` compares keys.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, is_checkpoint_path, stage_params, velocity_params
-from .store import FileSet, file_digest
+from .store import FileSet, file_digest, folder_digest
 
 
 _RUN_MEMO: dict | None = None          # inside one_run(): {the videos' files: their FileSet}
@@ -73,8 +73,12 @@ def labels_fingerprint(videos) -> str:
 
 
 def _file_or_name(value: str) -> str:
+    """A local file or folder (an OpenVINO export) by its content; anything else (a hub download
+    name such as yolov5l) as written."""
     path = Path(value).expanduser()
-    return file_digest(path) if path.is_file() else value
+    if path.is_file():
+        return file_digest(path)
+    return folder_digest(path) if path.is_dir() else value
 
 
 def objects_key(cfg: Config, split: str, videos) -> dict:

@@ -2,8 +2,8 @@
 
 Every artifact `X` has a manifest `X.params.json` holding its cache key: the resolved parameters
 that change its result and a fingerprint of every input file it read (`FileSet` for frames,
-`file_digest` for label, boxes and weight files; see `vpclib.keys`). Not the spelling of a path:
-the same data under another root, a trailing `/` or a moved folder is the same key. A stage
+`file_digest` for label, boxes and weight files, `folder_digest` for a model saved as a folder;
+see `vpclib.keys`). Not the spelling of a path: the same data under another root, a trailing `/` or a moved folder is the same key. A stage
 reuses `X` only when the key matches (`WorkDir.ready`, the one place that decides); a mismatch
 is a `CacheMismatchError` listing each differing key with its old and new value (nothing is
 overwritten unless asked with `overwrite=True`). Files are written to a temporary name and
@@ -107,6 +107,24 @@ def file_digest(path, chunk: int = 2**20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return f"sha256:{h.hexdigest()[:16]} ({path.stat().st_size} bytes)"
+
+
+def folder_digest(path, chunk: int = 2**20) -> str:
+    """'sha256:<16 hex> (<n> files, <bytes> bytes)' of a folder's files (a model exported as a
+    folder, e.g. OpenVINO's .xml + .bin + metadata.yaml): each file's name relative to the folder,
+    a NUL, its size and a NUL, then its content, in sorted order of the names. Where the folder
+    lies does not enter; renaming, adding, removing or changing a file does."""
+    root = Path(path)
+    files = sorted((f.relative_to(root).as_posix(), f) for f in root.rglob("*") if f.is_file())
+    h, total = hashlib.sha256(), 0
+    for name, f in files:
+        size = f.stat().st_size
+        h.update(name.encode() + b"\0" + str(size).encode() + b"\0")
+        with open(f, "rb") as stream:
+            while block := stream.read(chunk):
+                h.update(block)
+        total += size
+    return f"sha256:{h.hexdigest()[:16]} ({len(files)} files, {total} bytes)"
 
 
 class FileSet:
