@@ -1,0 +1,104 @@
+"""Does a clip's score grow with the number of objects in it? A label-free diagnostic of a finished run.
+
+    python benchmarks/countbias.py WORK_DIR [--data-root ROOT]
+
+A clip's score in each stream is the max over its objects' scores (METHOD.md; `scores`), so on
+normal data alone a clip with more objects is expected to score higher: the max of K draws grows
+with K. The label-free fusion calibrates each stream with one mean and std over all training clips
+(`fusion.calibration_stats`), whatever their object count. Where the count effect is large, crowded
+normal clips outscore sparse anomalous ones of another video, which costs the micro AUC (scores
+compared across videos) and not the macro one.
+
+Read only from the run's training videos, scored leave-one-video-out exactly as the calibration
+scores them (`pipeline.leave_one_out_scores`, `velocity.leave_one_out_scores`): per stream, the
+Spearman correlation of the per-frame score with the object count of its clip, and the mean
+z-score (the run's own calibration) per object-count bin. The test split is described by its object
+counts only. No label of any split is read. Prints a table; --out writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vpclib import fusion, pipeline, velocity  # noqa: E402
+from vpclib.config import from_dict  # noqa: E402
+from vpclib.store import WorkDir, read_json  # noqa: E402
+
+BINS = [(0, 0), (1, 2), (3, 5), (6, 9), (10, 14), (15, 10**6)]
+
+
+def frame_counts(boxes: dict[str, list], names: list[str], clip_length: int) -> np.ndarray:
+    """Object count of each frame's clip, the videos `names` concatenated: (F,)."""
+    return np.concatenate([np.repeat([len(b) for b in boxes[n]], clip_length) for n in names])
+
+
+def count_bias(scores: np.ndarray, counts: np.ndarray, mean: float, std: float) -> dict:
+    """Spearman rho of scores (F,) with counts (F,), and the mean z = (score - mean) / std per count bin."""
+    rho = spearmanr(scores, counts).statistic if np.ptp(counts) and np.ptp(scores) else float("nan")
+    z = (scores - mean) / (std + fusion.EPS)
+    by_bin = {f"{lo}-{hi}" if hi < 10**6 else f"{lo}+": (round(float(z[(counts >= lo) & (counts <= hi)].mean()), 3)
+                                                         if ((counts >= lo) & (counts <= hi)).any() else None)
+              for lo, hi in BINS}
+    return {"spearman": round(float(rho), 3), "mean_z_by_objects": by_bin}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("work_dir")
+    p.add_argument("--data-root", help="where the run's data is now (default: config.json's data.root)")
+    p.add_argument("--out", help="write the result as JSON here")
+    args = p.parse_args(argv)
+    work = WorkDir(Path(args.work_dir))
+    config = read_json(work.path("config.json"))
+    if args.data_root:
+        config["data"]["root"] = args.data_root
+    cfg = from_dict(config)
+    t = cfg.method.clip_length
+    videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}
+    boxes = {s: pipeline.read_objects(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
+    train_feats = pipeline.read_split_features(cfg, work, "train", videos["train"])
+    memories = pipeline.read_memories(cfg, work, videos["train"])
+    names = list(train_feats)
+    per_video = [pipeline.leave_one_out_video(cfg, v, f, memories) for v, f in enumerate(train_feats.values())]
+    kept = [n for n, x in zip(names, per_video) if x is not None]
+    loo = pipeline.join_leave_one_out(per_video)
+    counts = frame_counts(boxes["train"], kept, t)
+    stats = fusion.calibration_stats(loo)
+    result = {"work_dir": str(args.work_dir), "train_frames": int(len(counts)),
+              "train_objects_per_clip": {"mean": round(float(counts.mean()), 2), "max": int(counts.max())},
+              "test_objects_per_clip": {"mean": round(float(frame_counts(boxes["test"], [v.name for v in videos["test"]], t).mean()), 2),
+                                        "max": int(frame_counts(boxes["test"], [v.name for v in videos["test"]], t).max())},
+              "streams": {s: count_bias(loo[s], counts, *stats[s]) for s in loo}}
+    if cfg.velocity.enabled:
+        vpaths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
+        stream = velocity.VelocityStream(cfg, vpaths["train"], vpaths["test"])
+        vloo = velocity.leave_one_out_scores(cfg, stream.train, stream.memory)
+        vnames = list(stream.train)
+        vcounts = frame_counts(boxes["train"], vnames, t)
+        result["streams"]["velocity"] = count_bias(vloo, vcounts, *fusion.calibration_stats({"v": vloo})["v"])
+    print(f"{args.work_dir}: {result['train_frames']} training frames, objects per clip: train mean "
+          f"{result['train_objects_per_clip']['mean']} (max {result['train_objects_per_clip']['max']}), test mean "
+          f"{result['test_objects_per_clip']['mean']} (max {result['test_objects_per_clip']['max']})")
+    heads = [f"{lo}-{hi}" if hi < 10**6 else f"{lo}+" for lo, hi in BINS]
+    print("| stream (training, leave one video out) | Spearman(score, objects in clip) | "
+          + " | ".join(f"mean z, {h} objects" for h in heads) + " |")
+    print("|" + "---|" * (2 + len(heads)))
+    for s, r in result["streams"].items():
+        cells = [("–" if r["mean_z_by_objects"][h] is None else f"{r['mean_z_by_objects'][h]:+.2f}") for h in heads]
+        print(f"| {s} | {r['spearman']:+.3f} | " + " | ".join(cells) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
