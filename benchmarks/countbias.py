@@ -34,6 +34,7 @@ from vpclib.config import from_dict  # noqa: E402
 from vpclib.store import WorkDir, read_json  # noqa: E402
 
 BINS = [(0, 0), (1, 2), (3, 5), (6, 9), (10, 14), (15, 10**6)]
+BIN_NAMES = [f"{lo}-{hi}" if hi < 10**6 else f"{lo}+" for lo, hi in BINS]
 
 
 def frame_counts(boxes: dict[str, list], names: list[str], clip_length: int) -> np.ndarray:
@@ -45,9 +46,8 @@ def count_bias(scores: np.ndarray, counts: np.ndarray, mean: float, std: float) 
     """Spearman rho of scores (F,) with counts (F,), and the mean z = (score - mean) / std per count bin."""
     rho = spearmanr(scores, counts).statistic if np.ptp(counts) and np.ptp(scores) else float("nan")
     z = (scores - mean) / (std + fusion.EPS)
-    by_bin = {f"{lo}-{hi}" if hi < 10**6 else f"{lo}+": (round(float(z[(counts >= lo) & (counts <= hi)].mean()), 3)
-                                                         if ((counts >= lo) & (counts <= hi)).any() else None)
-              for lo, hi in BINS}
+    inside = [(counts >= lo) & (counts <= hi) for lo, hi in BINS]
+    by_bin = {name: round(float(z[m].mean()), 3) if m.any() else None for name, m in zip(BIN_NAMES, inside)}
     return {"spearman": round(float(rho), 3), "mean_z_by_objects": by_bin}
 
 
@@ -67,28 +67,27 @@ def main(argv=None) -> int:
     boxes = {s: pipeline.read_objects(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
     train_feats = pipeline.read_split_features(cfg, work, "train", videos["train"])
     memories = pipeline.read_memories(cfg, work, videos["train"])
-    names = list(train_feats)
-    per_video = [pipeline.leave_one_out_video(cfg, v, f, memories) for v, f in enumerate(train_feats.values())]
-    kept = [n for n, x in zip(names, per_video) if x is not None]
-    loo = pipeline.join_leave_one_out(per_video)
-    counts = frame_counts(boxes["train"], kept, t)
+    loo = pipeline.leave_one_out_scores(cfg, train_feats, memories)              # {memory: (F_train,)}
+    counts = frame_counts(boxes["train"], list(train_feats), t)
+    if loo is None or any(len(x) != len(counts) for x in loo.values()):
+        raise SystemExit(f"{args.work_dir}: the leave-one-out scores do not cover every training frame "
+                         "(fewer than two training videos, or a video whose removal empties a memory)")
     stats = fusion.calibration_stats(loo)
+    test_counts = frame_counts(boxes["test"], [v.name for v in videos["test"]], t)
     result = {"work_dir": str(args.work_dir), "train_frames": int(len(counts)),
               "train_objects_per_clip": {"mean": round(float(counts.mean()), 2), "max": int(counts.max())},
-              "test_objects_per_clip": {"mean": round(float(frame_counts(boxes["test"], [v.name for v in videos["test"]], t).mean()), 2),
-                                        "max": int(frame_counts(boxes["test"], [v.name for v in videos["test"]], t).max())},
+              "test_objects_per_clip": {"mean": round(float(test_counts.mean()), 2), "max": int(test_counts.max())},
               "streams": {s: count_bias(loo[s], counts, *stats[s]) for s in loo}}
     if cfg.velocity.enabled:
         vpaths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
         stream = velocity.VelocityStream(cfg, vpaths["train"], vpaths["test"])
-        vloo = velocity.leave_one_out_scores(cfg, stream.train, stream.memory)
-        vnames = list(stream.train)
-        vcounts = frame_counts(boxes["train"], vnames, t)
-        result["streams"]["velocity"] = count_bias(vloo, vcounts, *fusion.calibration_stats({"v": vloo})["v"])
+        vloo = velocity.leave_one_out_scores(cfg, stream.train, stream.memory)   # (F_train,)
+        vstats = fusion.calibration_stats({velocity.STREAM: vloo})[velocity.STREAM]
+        result["streams"][velocity.STREAM] = count_bias(vloo, frame_counts(boxes["train"], list(stream.train), t), *vstats)
     print(f"{args.work_dir}: {result['train_frames']} training frames, objects per clip: train mean "
           f"{result['train_objects_per_clip']['mean']} (max {result['train_objects_per_clip']['max']}), test mean "
           f"{result['test_objects_per_clip']['mean']} (max {result['test_objects_per_clip']['max']})")
-    heads = [f"{lo}-{hi}" if hi < 10**6 else f"{lo}+" for lo, hi in BINS]
+    heads = BIN_NAMES
     print("| stream (training, leave one video out) | Spearman(score, objects in clip) | "
           + " | ".join(f"mean z, {h} objects" for h in heads) + " |")
     print("|" + "---|" * (2 + len(heads)))
