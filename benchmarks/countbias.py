@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     if loo is None or any(len(x) != len(counts) for x in loo.values()):
         raise SystemExit(f"{args.work_dir}: the leave-one-out scores do not cover every training frame "
                          "(fewer than two training videos, or a video whose removal empties a memory)")
+    loo = {s: loo[s] for s in pipeline.MEMORIES}
     stats = fusion.calibration_stats(loo)
     test_counts = frame_counts(boxes["test"], [v.name for v in videos["test"]], t)
     result = {"work_dir": str(args.work_dir), "train_frames": int(len(counts)),

@@ -133,7 +133,8 @@ def score_test(cfg: Config, memories: dict, train_feats: dict, test_feats: dict)
 
 def labelfree_scores(table: dict, stats, a: float, b: float, sigma: float) -> np.ndarray:
     """The label-free final score of `pipeline.evaluate` for given weights (calibrated, or fixed)."""
-    return fusion.labelfree(table["spatial"], table["temporal"], table["highlevel"], table["video"], stats, a, b, sigma)
+    return fusion.labelfree(table["spatial"], table["temporal"], table["highlevel"], table["video"], stats, a, b, sigma,
+                            table.get("objects"))
 
 
 def combination_aucs(cfg: Config, table: dict, stats) -> list[dict]:

@@ -126,6 +126,7 @@ class FusionConfig:
     a: float = 0.5                       # label-free weights and smoothing, fixed in advance
     b: float = 0.5
     sigma: float = 8.0
+    count_bins: int = 0                  # > 0: z per object-count bin (beyond the paper, fusion.count_stats); 0: off
 
 
 @dataclass
@@ -161,6 +162,8 @@ class Config:
         out = dataclasses.asdict(self)
         if self.velocity == VelocityConfig():
             del out["velocity"]
+        if not self.fusion.count_bins:                  # off (the default): config.json as it was
+            del out["fusion"]["count_bins"]
         return out
 
 
@@ -250,6 +253,9 @@ def _validate(cfg: Config) -> Config:
     need(0.0 <= cfg.fusion.a <= 1.0, "fusion.a", "must be in [0, 1]")
     need(0.0 <= cfg.fusion.b <= 1.0, "fusion.b", "must be in [0, 1]")
     need(cfg.fusion.sigma >= 0.0, "fusion.sigma", "must be >= 0")
+    need(cfg.fusion.count_bins >= 0, "fusion.count_bins", "must be >= 0 (0: one calibration for every object count)")
+    need(cfg.fusion.count_bins == 0 or cfg.fusion.labelfree == "calibrated", "fusion.count_bins",
+         "conditions the 'calibrated' label-free fusion; with fusion.labelfree 'fixed' it must be 0")
     need(len(cfg.fusion.a_grid) > 0 and len(cfg.fusion.b_grid) > 0 and len(cfg.fusion.sigma_grid) > 0,
          "fusion.*_grid", "must not be empty")
     need(cfg.velocity.bins >= 1, "velocity.bins", "must be >= 1 (1: the mean speed in the box, no direction)")
@@ -367,7 +373,8 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         out = {**stage_params(cfg, "memory"), **stage_params(cfg, "features", "test"), "method.power": m.power}
         if cfg.scoring.knn != "exact":                       # the default leaves earlier keys as they were
             out.update({"scoring.knn": cfg.scoring.knn, "scoring.knn_candidates": cfg.scoring.knn_candidates})
-        out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()})
+        out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()
+                    if k != "count_bins" or v})                # off (the default) leaves the key as it was
         if cfg.velocity.enabled:                             # off (the default) leaves the key as it was
             out.update({**velocity_params(cfg), "velocity.coreset_ratio": cfg.velocity.coreset_ratio,
                         "velocity.weight": cfg.velocity.weight})

@@ -255,8 +255,9 @@ def fusion_steps(table: dict, frames: np.ndarray, result: dict) -> dict:
     sp, tp, hl, vid = table["spatial"], table["temporal"], table["highlevel"], table["video"]
     free = result["labelfree"]
     if free["mode"] == "calibrated":
-        stats = {s: tuple(v) for s, v in free["stats"].items()}
-        labelfree = fusion.labelfree_calibrated_levels(sp, tp, hl, vid, stats, free["a"], free["b"], free["sigma"])
+        stats = {s: v if isinstance(v, dict) else tuple(v) for s, v in free["stats"].items()}
+        labelfree = fusion.labelfree_calibrated_levels(sp, tp, hl, vid, stats, free["a"], free["b"], free["sigma"],
+                                                       table.get("objects"))
     else:
         labelfree = fusion.reference_all_streams_levels(sp, tp, hl, vid, free["a"], free["b"], free["sigma"])
     oracle = fusion.reference_all_streams_levels(sp, tp, hl, vid, result["a"], result["b"], result["sigma"])
@@ -366,7 +367,9 @@ def protocol_table(result: dict) -> str:
              _w(result["sigma"]), "z-score over the test set", _f(result["auc_micro_oracle"])]]
     if free["mode"] == "calibrated" and free["stats"]:
         scale = "z-score with training statistics: " + ", ".join(
-            f"{s} {_f(m)} ± {_f(sd)}" for s, (m, sd) in free["stats"].items())
+            f"{s} {_f(v['mean'][0])}..{_f(v['mean'][-1])} ± {_f(v['std'][0])}..{_f(v['std'][-1])} "
+            f"({len(v['mean'])} object-count bins)" if isinstance(v, dict) else f"{s} {_f(v[0])} ± {_f(v[1])}"
+            for s, v in free["stats"].items())
     else:
         scale = "z-score over the test set (the reference formula)"
     rows.append([f"label-free ({free['mode']})", "fixed in the params file", "none", _w(free["a"]), _w(free["b"]),
@@ -393,17 +396,18 @@ def nearest_memory(queries: np.ndarray, memory: np.ndarray, chunk: int = 4096) -
 def object_scores(cfg, feats: dict, memories: dict, stats) -> np.ndarray:
     """(K,) each object's local score a*zS + (1-a)*zT: its worst patch (spatial) and worst frame
     difference (temporal) against the memories {memory: Memory}, z from normal training videos
-    (stats {memory: (mean, std)}) when given, else the raw scores."""
+    (stats {memory: (mean, std)}, or count-conditioned ones: the bin of the object's clip's count)
+    when given, else the raw scores."""
     k, n, a = len(feats["spatial"]), cfg.method.power, cfg.fusion.a
     z = np.zeros(k)
     if k == 0:
         return z
+    counts = scores.clip_object_counts(feats["object_clip"], int(np.max(feats["object_clip"])) + 1)[feats["object_clip"]]
     for memory, key, weight in (("spatial", "spatial", a), ("temporal", "temporal_max", 1 - a)):
         c = feats[key].shape[-1]
         d, _ = nearest_memory(feats[key].reshape(-1, c), memories[memory].vectors)
         s = d.reshape(k, -1).max(1) ** n                                      # (K,)
-        mean, std = stats[memory] if stats else (0.0, 1.0)
-        z += weight * (s - mean) / (std + fusion.EPS)
+        z += weight * fusion.calibrated_z(s, stats[memory] if stats else (0.0, 1.0), counts)
     return z
 
 

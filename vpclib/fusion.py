@@ -13,6 +13,11 @@ Two protocols, always reported side by side:
   OTHER training videos (leave-one-video-out), so the scale comes from normal data only;
   smoothing stays inside each video. "fixed": the reference formula with the fixed a, b, sigma.
 
+With `fusion.count_bins` > 0 (beyond the paper, off by default), "calibrated" conditions each z
+on the object count of the frame's clip: a clip's score is the max over its objects, so on normal
+data it grows with the count; the training frames are cut into count bins at quantiles
+(`count_edges`) and each bin has its own mean and std (`count_stats`, `calibrated_z`).
+
 With the optional velocity memory (beyond the paper, `vpclib.velocity`), the label-free score
 gains `weight * z(velocity)`, z calibrated the same way (`labelfree_velocity`); the oracle stays
 the reference's three-stream search.
@@ -124,24 +129,83 @@ def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_gri
 # ---------------------------------------------------------------------------------------------
 # label-free
 
-def calibration_stats(train_scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Mean and population std of each stream's leave-one-video-out training scores."""
+def calibration_stats(train_scores: dict[str, np.ndarray], counts: np.ndarray | None = None,
+                      count_bins: int = 0) -> dict:
+    """Mean and population std of each stream's leave-one-video-out training scores (F,):
+    {stream: (mean, std)}; with count_bins > 0 (beyond the paper), `count_stats` of each stream
+    against the object count of each frame's clip (counts (F,)): {stream: {"edges", "mean", "std"}}."""
+    if count_bins > 0:
+        if counts is None:
+            raise ValueError("a count-conditioned calibration needs the object count of every training frame")
+        return {name: count_stats(x, counts, count_bins) for name, x in train_scores.items()}
     return {name: (float(x.mean()), float(x.std())) for name, x in train_scores.items()}
 
 
-def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:
+def count_edges(counts: np.ndarray, count_bins: int) -> list[int]:
+    """Upper edges of the object-count bins of the training frames (counts (F,), integers): bin i
+    holds the counts c with edges[i-1] < c <= edges[i], the last bin every count above edges[-1].
+
+    The edges are the counts at the 1/n, ..., (n-1)/n quantiles (numpy's "lower": a count that
+    occurs), without repeats; a bin that keeps fewer than half its share of frames (F / 2n) is
+    merged into the bin after it (the last into the one before): ties in a few common counts
+    give fewer, larger bins."""
+    counts = np.asarray(counts)
+    edges = sorted(set(int(q) for q in np.quantile(counts, np.arange(1, count_bins) / count_bins, method="lower")))
+    least = len(counts) / (2 * count_bins)
+    merged = True
+    while merged and edges:
+        sizes = np.bincount(count_bin(counts, edges), minlength=len(edges) + 1)
+        merged = False
+        for i, size in enumerate(sizes):
+            if size < least:
+                del edges[min(i, len(edges) - 1)]      # bin i joins bin i + 1 (the last: bin i - 1)
+                merged = True
+                break
+    return edges
+
+
+def count_bin(counts: np.ndarray, edges: list[int]) -> np.ndarray:
+    """The bin of each count (F,) -> (F,) in 0..len(edges): counts below the first edge fall in
+    bin 0 and above the last in the last bin (a test count never seen in training included)."""
+    return np.searchsorted(np.asarray(edges), np.asarray(counts), side="left")
+
+
+def count_stats(scores: np.ndarray, counts: np.ndarray, count_bins: int) -> dict:
+    """One stream's count-conditioned calibration: the bins' edges (`count_edges`) and the mean and
+    population std of the training scores (F,) in each bin -> {"edges", "mean", "std"} (lists)."""
+    edges = count_edges(counts, count_bins)
+    which = count_bin(counts, edges)
+    parts = [scores[which == i] for i in range(len(edges) + 1)]
+    return {"edges": edges, "mean": [float(x.mean()) for x in parts], "std": [float(x.std()) for x in parts]}
+
+
+def calibrated_z(x: np.ndarray, stat, counts: np.ndarray | None = None) -> np.ndarray:
+    """(x - mean) / (std + 1e-8) with one stream's training statistics: (mean, std), or a
+    `count_stats` dict, whose mean and std are those of the bin of each frame's object count."""
+    if isinstance(stat, dict):
+        if counts is None:
+            raise ValueError("count-conditioned calibration statistics need the object count of every frame")
+        which = count_bin(counts, stat["edges"])
+        mean, std = np.asarray(stat["mean"])[which], np.asarray(stat["std"])[which]
+    else:
+        mean, std = stat
+    return (x - mean) / (std + EPS)
+
+
+def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float,
+                         counts=None) -> np.ndarray:
     """b * (a * zS + (1 - a) * zT) + (1 - b) * zH, each z from training statistics, smoothed per video."""
-    return labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)["final"]
+    return labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma, counts)["final"]
 
 
 def labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a: float, b: float,
-                                sigma: float) -> dict[str, np.ndarray]:
+                                sigma: float, counts=None) -> dict[str, np.ndarray]:
     """`labelfree_calibrated` with every step kept, each (F,): z_spatial, z_temporal, z_highlevel
-    ((x - mean) / (std + 1e-8) with the training statistics), local = a*zS + (1-a)*zT,
-    fused = b*local + (1-b)*zH, final = fused smoothed within each video."""
+    (`calibrated_z` with the training statistics; count-conditioned ones read the frames' object
+    counts (F,)), local = a*zS + (1-a)*zT, fused = b*local + (1-b)*zH, final = fused smoothed
+    within each video."""
     def z(x, name):
-        mean, std = stats[name]
-        return (x - mean) / (std + EPS)
+        return calibrated_z(x, stats[name], counts)
 
     zs, zt, zh = z(spatial, "spatial"), z(temporal, "temporal"), z(highlevel, "highlevel")
     local = local_stream(zs, zt, a)
@@ -150,17 +214,19 @@ def labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, 
             "final": per_video(lambda x: smooth(x, sigma), fused, video_ids)}
 
 
-def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float) -> np.ndarray:
+def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float,
+              counts=None) -> np.ndarray:
     """The label-free final score: calibrated by the training statistics `stats` (from
-    `calibration_stats`), or, with stats None ('fixed' mode, or a single training video), the
-    reference formula with the fixed a, b and sigma."""
+    `calibration_stats`; count-conditioned ones with the frames' object counts (F,)), or, with
+    stats None ('fixed' mode, or a single training video), the reference formula with the fixed
+    a, b and sigma."""
     if stats:
-        return labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)
+        return labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a, b, sigma, counts)
     return reference_all_streams(spatial, temporal, highlevel, video_ids, a, b, sigma)
 
 
 def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats, a: float, b: float, sigma: float,
-                       weight: float) -> np.ndarray:
+                       weight: float, counts=None) -> np.ndarray:
     """The label-free final score with the velocity stream (F,) added (beyond the paper):
 
     calibrated (stats with a "velocity" entry): smooth_per_video(b*(a*zS + (1-a)*zT) + (1-b)*zH + weight*zV),
@@ -169,9 +235,8 @@ def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats,
     fused score with V z-scored and smoothed over the concatenated test sequence like L.
     """
     if stats:
-        levels = labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma)
-        mean, std = stats["velocity"]
-        fused = levels["fused"] + weight * (velocity - mean) / (std + EPS)
+        levels = labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma, counts)
+        fused = levels["fused"] + weight * calibrated_z(velocity, stats["velocity"], counts)
         return per_video(lambda x: smooth(x, sigma), fused, video_ids)
     levels = reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a, b, sigma)
     return minmax(levels["fused"] + weight * smooth(zscore(velocity), sigma))
@@ -180,8 +245,10 @@ def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats,
 def labelfree_streams(streams: dict[str, np.ndarray], video_ids, stats, a: float, b: float, sigma: float,
                       velocity_weight: float | None = None) -> np.ndarray:
     """The label-free final score (F,) of a table of per-frame streams {"spatial", "temporal",
-    "highlevel"[, "velocity"]: (F,)}: `labelfree`, or with a velocity weight `labelfree_velocity`."""
-    sp, tp, hl = streams["spatial"], streams["temporal"], streams["highlevel"]
+    "highlevel"[, "velocity"]: (F,)}: `labelfree`, or with a velocity weight `labelfree_velocity`;
+    the table's "objects" column (each frame's clip's object count) feeds a count-conditioned
+    calibration."""
+    sp, tp, hl, counts = streams["spatial"], streams["temporal"], streams["highlevel"], streams.get("objects")
     if velocity_weight is None:
-        return labelfree(sp, tp, hl, video_ids, stats, a, b, sigma)
-    return labelfree_velocity(sp, tp, hl, streams["velocity"], video_ids, stats, a, b, sigma, velocity_weight)
+        return labelfree(sp, tp, hl, video_ids, stats, a, b, sigma, counts)
+    return labelfree_velocity(sp, tp, hl, streams["velocity"], video_ids, stats, a, b, sigma, velocity_weight, counts)

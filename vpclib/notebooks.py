@@ -426,7 +426,8 @@ def read_frame_table(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """scores.csv columns (pipeline.read_scores) -> pipeline.frame_table's layout (video as 0-based int ids)."""
     names = list(dict.fromkeys(columns["video"].tolist()))
     ids = np.array([names.index(v) for v in columns["video"]])
-    return {"video": ids, "label": columns["label"], **{k: columns[k] for k in ("spatial", "temporal", "highlevel")}}
+    return {"video": ids, "label": columns["label"],
+            **{k: columns[k] for k in ("spatial", "temporal", "highlevel", "objects") if k in columns}}
 
 
 def auc_text(auc: float, labels) -> str:

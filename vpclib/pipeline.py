@@ -39,8 +39,10 @@ from .engine import FrameStream, video_features
 from .errors import CacheMismatchError, NoObjectsError
 from .memory import MEMORIES, Memory, build_memory, load_memory, save_memory
 from .objects import BoxesFileDetector, build_detector, detect_clip_objects, middle_frame_offset
-from .scores import clip_to_frames, highlevel_clip_scores, local_clip_scores
+from .scores import clip_object_counts, clip_to_frames, highlevel_clip_scores, local_clip_scores
 from .store import WorkDir, atomic_path, check_free_space, read_json, write_json
+
+OBJECTS = "objects"        # the frame table's column of each frame's clip's object count
 
 SPLITS = ("train", "test")
 
@@ -474,8 +476,9 @@ def video_clip_scores(feats: dict[str, np.ndarray], memories: dict[str, np.ndarr
 
 
 def frame_table(cfg: Config, feats_by_video: dict, memories: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-frame scores of every video, concatenated: video (index), frame, label, label_frame, and
-    one column per memory (spatial, temporal, highlevel); each video's rows are `video_frame_scores`.
+    """Per-frame scores of every video, concatenated: video (index), frame, label, label_frame, one
+    column per memory (spatial, temporal, highlevel) and objects (the object count of the frame's
+    clip: what a count-conditioned calibration reads); each video's rows are `video_frame_scores`.
 
     Frames that belong to no clip get no score; labels are truncated the same way (the reference).
     `frame` is the frame a score belongs to, `label_frame` the frame whose label stands beside it:
@@ -495,19 +498,25 @@ def video_frame_scores(cfg: Config, v: int, feats: dict[str, np.ndarray], memori
     labels = feats.get("labels")
     return {"video": np.full(n, v), "frame": feats["clip_start"][0] + np.arange(n),
             "label": labels[:n] if labels is not None else np.zeros(n, np.uint8), "label_frame": np.arange(n),
-            **{s: clip_to_frames(clip[s], t) for s in MEMORIES}}
+            **{s: clip_to_frames(clip[s], t) for s in MEMORIES}, OBJECTS: frame_object_counts(feats, t)}
+
+
+def frame_object_counts(feats: dict[str, np.ndarray], clip_length: int) -> np.ndarray:
+    """The object count of each frame's clip, one video: (B*T,)."""
+    return clip_to_frames(clip_object_counts(feats["object_clip"], len(feats["clip_start"])), clip_length)
 
 
 def concatenate_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """[{column: (F_v,)}] of the videos in order -> {column: (F,)}."""
-    columns = ("video", "frame", "label", "label_frame", *MEMORIES)
+    columns = ("video", "frame", "label", "label_frame", *MEMORIES, OBJECTS)
     return {k: np.concatenate([r[k] for r in rows]) for k in columns}
 
 
 def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
     """Training videos scored like test videos against memories of the OTHER training videos.
 
-    Returns per-frame scores against each memory (normal data only), or None with one training video.
+    Returns per-frame scores against each memory (normal data only) and each frame's object count
+    {memory: (F,), "objects": (F,)}, or None with one training video.
     """
     if len(train_feats) < 2:
         return None
@@ -517,19 +526,20 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Mem
 
 def leave_one_out_video(cfg: Config, v: int, feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
     """Training video v's per-frame scores {memory: (B*T,)} against the memories less its own
-    vectors; None when a memory would be empty."""
+    vectors, and its frames' object counts {"objects": (B*T,)}; None when a memory would be empty."""
     others = {s: memories[s].without_video(v) for s in MEMORIES}
     if any(len(x) == 0 for x in others.values()):
         return None
     clip = video_clip_scores(feats, others, cfg.method.power, resolve_device(cfg.device), cfg.arithmetic,
                              cfg.scoring.knn, cfg.scoring.knn_candidates)
-    return {s: clip_to_frames(clip[s], cfg.method.clip_length) for s in MEMORIES}
+    return {**{s: clip_to_frames(clip[s], cfg.method.clip_length) for s in MEMORIES},
+            OBJECTS: frame_object_counts(feats, cfg.method.clip_length)}
 
 
 def join_leave_one_out(per_video: list) -> dict[str, np.ndarray] | None:
-    """leave_one_out_video of each training video in order -> {memory: (F,)}, None if none."""
+    """leave_one_out_video of each training video in order -> {memory: (F,), "objects": (F,)}, None if none."""
     kept = [x for x in per_video if x is not None]
-    return {s: np.concatenate([x[s] for x in kept]) for s in MEMORIES} if kept else None
+    return {s: np.concatenate([x[s] for x in kept]) for s in (*MEMORIES, OBJECTS)} if kept else None
 
 
 def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
@@ -544,9 +554,12 @@ def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
 
 def calibration_from_scores(cfg: Config, loo: dict[str, np.ndarray] | None,
                             velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
-    """calibrate's arithmetic from the leave-one-out scores {memory: (F,)} (None: none) -> {memory:
-    (mean, std)}, + "velocity" with a velocity stream; None without them."""
-    stats = fusion.calibration_stats(loo) if loo is not None else None
+    """calibrate's arithmetic from the leave-one-out scores {memory: (F,), "objects": (F,)} (None:
+    none) -> {memory: (mean, std)} (fusion.count_bins > 0: fusion.count_stats dicts), + "velocity"
+    with a velocity stream; None without them."""
+    bins = cfg.fusion.count_bins
+    stats = (fusion.calibration_stats({s: loo[s] for s in MEMORIES}, loo[OBJECTS], bins)
+             if loo is not None else None)
     if stats and velocity_stream is not None:
         moving = velocity_stream.calibration(cfg)
         stats = {**stats, "velocity": moving} if moving is not None else None
@@ -600,6 +613,8 @@ def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: di
     per_free = metrics.per_video_auc(labels, final_free, vid)
     streams = (*MEMORIES, "velocity") if "velocity" in table else MEMORIES      # velocity: when enabled
     labelfree = {"mode": fused["mode"], "a": f.a, "b": f.b, "sigma": f.sigma, "stats": fused["stats"]}
+    if f.count_bins:                                      # off (the default): metrics.json as it was
+        labelfree["count_bins"] = f.count_bins
     if "velocity" in table:
         labelfree["velocity_weight"] = cfg.velocity.weight
     return {
@@ -654,7 +669,8 @@ def evaluate(cfg: Config, work: WorkDir, videos: dict, memories: dict[str, Memor
 def write_results(work: WorkDir, key: dict, names: list[str], table: dict[str, np.ndarray], fused: dict,
                   result: dict) -> None:
     """scores.csv and metrics.json (stage 6's artifacts), each committed with the metrics' key."""
-    write_scores_csv(work.path("scores.csv"), names, table, fused["final_oracle"], fused["final_labelfree"])
+    write_scores_csv(work.path("scores.csv"), names, table, fused["final_oracle"], fused["final_labelfree"],
+                     counts=bool(result["labelfree"].get("count_bins")))
     write_json(work.path("metrics.json"), result)
     work.commit("scores.csv", key)
     work.commit("metrics.json", key)
@@ -683,18 +699,20 @@ def velocity_column(cfg: Config, table: dict[str, np.ndarray], names: list[str],
 # ---------------------------------------------------------------------------------------------
 # scores.csv
 
-def write_scores_csv(path, names, table, final_oracle, final_free) -> None:
+def write_scores_csv(path, names, table, final_oracle, final_free, counts: bool = False) -> None:
     """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, [velocity,]
-    final_oracle, final_labelfree. `label` is the label of frame `label_frame` (see frame_table);
-    the velocity column only when the table has it (velocity.enabled)."""
+    [objects,] final_oracle, final_labelfree. `label` is the label of frame `label_frame` (see
+    frame_table); the velocity column only when the table has it (velocity.enabled), the objects
+    column with `counts` (a count-conditioned calibration, fusion.count_bins > 0)."""
     moving = "velocity" in table
     with atomic_path(path) as tmp, open(tmp, "w") as out:
         out.write("video,frame,label,label_frame,spatial,temporal,highlevel," + ("velocity," if moving else "")
-                  + "final_oracle,final_labelfree\n")
+                  + ("objects," if counts else "") + "final_oracle,final_labelfree\n")
         for i in range(len(table["label"])):
             out.write(f"{names[table['video'][i]]},{table['frame'][i]},{table['label'][i]},{table['label_frame'][i]},"
                       f"{table['spatial'][i]:.8g},{table['temporal'][i]:.8g},{table['highlevel'][i]:.8g},"
                       + (f"{table['velocity'][i]:.8g}," if moving else "")
+                      + (f"{table[OBJECTS][i]}," if counts else "")
                       + f"{final_oracle[i]:.8g},{final_free[i]:.8g}\n")
 
 
@@ -703,5 +721,5 @@ def read_scores(path) -> dict[str, np.ndarray]:
     import csv
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
-    kinds = {"video": str, "frame": np.int64, "label": np.int64, "label_frame": np.int64}
+    kinds = {"video": str, "frame": np.int64, "label": np.int64, "label_frame": np.int64, OBJECTS: np.int64}
     return {name: np.array([r[j] for r in rows], dtype=kinds.get(name, np.float64)) for j, name in enumerate(header)}

@@ -80,7 +80,7 @@ def open_video(path, clip_length: int = 1) -> datasets.Video:
 
 def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     """Per-frame scores of one video: {"video", "frame" (F,), "spatial", "temporal", "highlevel",
-    "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
+    "objects" (each frame's clip's object count), "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
 
     F = B*T scored frames (trailing frames that fill no clip get no score, as in `vpc run`).
     """
@@ -105,8 +105,9 @@ def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
         out[s] = pipeline.clip_to_frames(clip[s], t)                          # (F,)
     lf, vid = run.labelfree, np.zeros(len(out["frame"]), dtype=np.int64)
     stats = lf.get("stats") if lf["mode"] == "calibrated" else None
+    out["objects"] = pipeline.frame_object_counts(feats, t)                  # (F,): a count-conditioned calibration's input
     out["final_labelfree"] = fusion.labelfree(out["spatial"], out["temporal"], out["highlevel"], vid,
-                                              stats, lf["a"], lf["b"], lf["sigma"])
+                                              stats, lf["a"], lf["b"], lf["sigma"], out["objects"])
     out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
     out["object_score"] = explain.object_scores(cfg, feats, run.memories, stats)
     return out

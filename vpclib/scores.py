@@ -253,3 +253,8 @@ def highlevel_clip_scores(vectors: torch.Tensor, memory: torch.Tensor, power: in
 def clip_to_frames(clip_scores: np.ndarray, clip_length: int) -> np.ndarray:
     """Give each clip's score to its T frames: (B,) -> (B*T,)."""
     return np.repeat(np.asarray(clip_scores), clip_length)
+
+
+def clip_object_counts(object_clip: np.ndarray, n_clips: int) -> np.ndarray:
+    """The number of objects in each clip, the count a clip's max runs over: object_clip (K,) -> (B,)."""
+    return np.bincount(np.asarray(object_clip, dtype=np.int64), minlength=n_clips)[:n_clips]

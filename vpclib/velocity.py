@@ -48,7 +48,7 @@ import torch
 from . import fusion, keys
 from .config import Config
 from .memory import Memory, build_memory
-from .scores import clip_to_frames, local_clip_scores
+from .scores import clip_object_counts, clip_to_frames, local_clip_scores
 from .store import WorkDir, atomic_path
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -220,11 +220,23 @@ def leave_one_out_scores(cfg: Config, train: dict[str, dict[str, np.ndarray]], m
     return np.concatenate(out) if out else None
 
 
+def leave_one_out_counts(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory) -> np.ndarray | None:
+    """The object count of each frame's clip (F_train,), the frames of `leave_one_out_scores` in its order."""
+    t = cfg.method.clip_length
+    out = [clip_to_frames(clip_object_counts(video["object_clip"], len(video["clip_start"])), t)
+           for v, video in enumerate(train.values()) if len(train) >= 2 and len(memory.without_video(v))]
+    return np.concatenate(out) if out else None
+
+
 def calibration(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory,
-                device: str = "cpu") -> tuple[float, float] | None:
-    """(mean, std) of the leave-one-out training scores (fusion.calibration_stats), or None."""
+                device: str = "cpu") -> tuple[float, float] | dict | None:
+    """(mean, std) of the leave-one-out training scores (fusion.calibration_stats; with
+    fusion.count_bins > 0 its count-conditioned dict), or None."""
     loo = leave_one_out_scores(cfg, train, memory, device)
-    return fusion.calibration_stats({STREAM: loo})[STREAM] if loo is not None else None
+    if loo is None:
+        return None
+    counts = leave_one_out_counts(cfg, train, memory) if cfg.fusion.count_bins else None
+    return fusion.calibration_stats({STREAM: loo}, counts, cfg.fusion.count_bins)[STREAM]
 
 
 def aligned(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
