@@ -186,3 +186,24 @@ def test_one_bin_gives_the_plain_calibration(count_runs):
     for s, (mean, std) in runs[0][1]["labelfree"]["stats"].items():
         got = runs[1][1]["labelfree"]["stats"][s]
         assert got["mean"] == pytest.approx([mean]) and got["std"] == pytest.approx([std])
+
+
+def test_score_and_explain_give_the_runs_label_free_scores(count_runs):
+    """`vpc score` of a test video and the inference notebook's fusion steps, on a run with the
+    velocity memory and a count-conditioned calibration: the run's scores.csv, column by column."""
+    from vpclib import explain, notebooks, score_video
+    root, runs = count_runs
+    cfg, result, rows = runs[2]
+    run = score_video.finished_run(root)
+    assert run.velocity_memory is not None
+    for video in pipeline.load_videos(cfg, WorkDir(root), "test"):
+        mine = score_video.score_video(run, video)
+        theirs = [r for r in rows if r["video"] == video.name]
+        assert len(theirs) == len(mine["frame"]) > 0
+        for column in ("spatial", "temporal", "highlevel", "velocity", "final_labelfree"):
+            assert mine[column] == pytest.approx([float(r[column]) for r in theirs], rel=1e-6, abs=1e-7), column
+        assert mine["objects"].tolist() == [int(r["objects"]) for r in theirs]
+    table = notebooks.read_frame_table(pipeline.read_scores(root / "scores.csv"))
+    steps = explain.fusion_steps(table, np.ones(len(rows), bool), result)
+    assert steps["labelfree"]["final"] == pytest.approx([float(r["final_labelfree"]) for r in rows], rel=1e-6, abs=1e-7)
+    assert "zV" in explain.fusion_table(steps, table, result, np.arange(len(rows)))

@@ -254,8 +254,13 @@ def fusion_steps(table: dict, frames: np.ndarray, result: dict) -> dict:
     -> {"labelfree": levels, "oracle": levels, "rows": (F_sel,) indices, "mode": ...}."""
     sp, tp, hl, vid = table["spatial"], table["temporal"], table["highlevel"], table["video"]
     free = result["labelfree"]
+    stats = None
     if free["mode"] == "calibrated":
         stats = {s: v if isinstance(v, dict) else tuple(v) for s, v in free["stats"].items()}
+    if "velocity_weight" in free:                   # the velocity memory's run: its stream is fused too
+        labelfree = fusion.labelfree_velocity_levels(sp, tp, hl, table["velocity"], vid, stats, free["a"], free["b"],
+                                                     free["sigma"], free["velocity_weight"], table.get("objects"))
+    elif stats:
         labelfree = fusion.labelfree_calibrated_levels(sp, tp, hl, vid, stats, free["a"], free["b"], free["sigma"],
                                                        table.get("objects"))
     else:
@@ -271,14 +276,23 @@ def fusion_table(steps: dict, table: dict, result: dict, frame_numbers) -> str:
     lines = [("spatial S (clip score)", table["spatial"]), ("temporal T", table["temporal"]),
              ("high-level H", table["highlevel"])]
     lf = steps["labelfree"]
+    moving = "z_velocity" in lf
+    w = free.get("velocity_weight", 0.0)
+    if moving:
+        lines.append(("velocity V", table["velocity"]))
     if steps["mode"] == "calibrated":
         lines += [(f"label-free ({steps['mode']}): zS = (S - mean) / std, training statistics", lf["z_spatial"]),
-                  ("zT", lf["z_temporal"]), ("zH", lf["z_highlevel"]),
+                  ("zT", lf["z_temporal"]), ("zH", lf["z_highlevel"]), *([("zV", lf["z_velocity"])] if moving else []),
                   (f"L = {a:g} zS + {1 - a:g} zT", lf["local"]),
-                  (f"{b:g} L + {1 - b:g} zH", lf["fused"]),
+                  (f"{b:g} L + {1 - b:g} zH" + (f" + {w:g} zV" if moving else ""), lf["fused"]),
                   (f"smoothed in the video (sigma {s:g}): final_labelfree", lf["final"])]
     else:
-        lines += _reference_lines(f"label-free ({steps['mode']})", lf, a, b, s, "final_labelfree")
+        label = f"label-free ({steps['mode']})"
+        ref = _reference_lines(label, lf, a, b, s, "final_labelfree")
+        if moving:                                  # fused and final include + w * smooth(z(V))
+            ref[-2:-2] = [(f"z(V) over all test frames, smoothed (sigma {s:g})", lf["z_velocity"])]
+            ref[-2] = (f"{b:g} L + {1 - b:g} H + {w:g} z(V)", lf["fused"])
+        lines += ref
     lines += _reference_lines("oracle", steps["oracle"], result["a"], result["b"], result["sigma"], "final_oracle")
     return _table(["step"] + [f"frame {int(f)}" for f in frame_numbers],
                   [[name] + [_f(x[i]) for i in rows] for name, x in lines])

@@ -234,12 +234,25 @@ def labelfree_velocity(spatial, temporal, highlevel, velocity, video_ids, stats,
     fixed (stats None): minmax(b*smooth(z(L)) + (1-b)*H + weight*smooth(z(V))), the reference formula's
     fused score with V z-scored and smoothed over the concatenated test sequence like L.
     """
+    return labelfree_velocity_levels(spatial, temporal, highlevel, velocity, video_ids, stats, a, b, sigma,
+                                     weight, counts)["final"]
+
+
+def labelfree_velocity_levels(spatial, temporal, highlevel, velocity, video_ids, stats, a: float, b: float,
+                              sigma: float, weight: float, counts=None) -> dict[str, np.ndarray]:
+    """`labelfree_velocity` with every step kept, each (F,): the three-stream levels
+    (`labelfree_calibrated_levels`, or `reference_all_streams_levels` with stats None), with
+    z_velocity (calibrated: from the training statistics; fixed: z over the test sequence,
+    smoothed), fused = the three-stream fused score + weight * z_velocity, and final."""
     if stats:
         levels = labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a, b, sigma, counts)
-        fused = levels["fused"] + weight * calibrated_z(velocity, stats["velocity"], counts)
-        return per_video(lambda x: smooth(x, sigma), fused, video_ids)
+        zv = calibrated_z(velocity, stats["velocity"], counts)
+        fused = levels["fused"] + weight * zv
+        return {**levels, "z_velocity": zv, "fused": fused, "final": per_video(lambda x: smooth(x, sigma), fused, video_ids)}
     levels = reference_all_streams_levels(spatial, temporal, highlevel, video_ids, a, b, sigma)
-    return minmax(levels["fused"] + weight * smooth(zscore(velocity), sigma))
+    zv = smooth(zscore(velocity), sigma)
+    fused = levels["fused"] + weight * zv
+    return {**levels, "z_velocity": zv, "fused": fused, "final": minmax(fused)}
 
 
 def labelfree_streams(streams: dict[str, np.ndarray], video_ids, stats, a: float, b: float, sigma: float,

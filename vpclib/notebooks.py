@@ -427,7 +427,7 @@ def read_frame_table(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = list(dict.fromkeys(columns["video"].tolist()))
     ids = np.array([names.index(v) for v in columns["video"]])
     return {"video": ids, "label": columns["label"],
-            **{k: columns[k] for k in ("spatial", "temporal", "highlevel", "objects") if k in columns}}
+            **{k: columns[k] for k in ("spatial", "temporal", "highlevel", "velocity", "objects") if k in columns}}
 
 
 def auc_text(auc: float, labels) -> str:

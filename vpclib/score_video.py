@@ -9,6 +9,9 @@ The frames of a test video score exactly as in `vpc run`'s scores.csv: the same 
 and kNN, and the label-free final with the run's calibration statistics (in 'calibrated' mode
 fusion smooths each video on its own, so one video is enough). In 'fixed' mode the run's
 label-free final is z-scored over the whole test set; a single video is z-scored on its own.
+A run with the velocity memory (velocity.enabled) scores the video's velocity stream against the
+run's velocity/train.npz and fuses it as the run does; a count-conditioned calibration
+(fusion.count_bins) reads the video's object counts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, engine, explain, fusion, pipeline
+from . import datasets, engine, explain, fusion, pipeline, velocity
 from .config import Config, from_dict
 from .errors import ConfigError, DatasetError
 from .memory import MEMORIES, Memory, load_memory
@@ -32,6 +35,7 @@ class FinishedRun:
     memories: dict[str, Memory]
     labelfree: dict                     # metrics.json's "labelfree": mode, a, b, sigma, stats
     work: WorkDir
+    velocity_memory: Memory | None = None   # velocity.enabled: the run's velocity memory
 
 
 def finished_run(work_dir, device: str | None = None, cfg: Config | None = None) -> FinishedRun:
@@ -56,7 +60,15 @@ def finished_run(work_dir, device: str | None = None, cfg: Config | None = None)
             cfg = from_dict(raw)
         except ConfigError as err:
             raise ConfigError(f"{needed[0]}: {err}") from None
-    return FinishedRun(cfg, load_memory(needed[1]), read_json(needed[2])["labelfree"], work)
+    moving = None
+    if cfg.velocity.enabled:
+        train = work.path("velocity/train.npz")
+        if not (train.is_file() and work.manifest(train).is_file()):
+            raise DatasetError(f"{work.root} is a run with the velocity memory, but {train} is missing; "
+                               f"run `vpc run PARAMS.yaml --work-dir {work.root}` first")
+        moving = velocity.build_velocity_memory(velocity.read_velocities(train), cfg.velocity.coreset_ratio,
+                                                pipeline.resolve_device(cfg.device))        # as `vpc run` builds it
+    return FinishedRun(cfg, load_memory(needed[1]), read_json(needed[2])["labelfree"], work, moving)
 
 
 def open_video(path, clip_length: int = 1) -> datasets.Video:
@@ -80,7 +92,7 @@ def open_video(path, clip_length: int = 1) -> datasets.Video:
 
 def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     """Per-frame scores of one video: {"video", "frame" (F,), "spatial", "temporal", "highlevel",
-    "objects" (each frame's clip's object count), "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
+    ["velocity" (velocity.enabled),] "objects" (each frame's clip's object count), "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
 
     F = B*T scored frames (trailing frames that fill no clip get no score, as in `vpc run`).
     """
@@ -106,20 +118,27 @@ def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     lf, vid = run.labelfree, np.zeros(len(out["frame"]), dtype=np.int64)
     stats = lf.get("stats") if lf["mode"] == "calibrated" else None
     out["objects"] = pipeline.frame_object_counts(feats, t)                  # (F,): a count-conditioned calibration's input
-    out["final_labelfree"] = fusion.labelfree(out["spatial"], out["temporal"], out["highlevel"], vid,
-                                              stats, lf["a"], lf["b"], lf["sigma"], out["objects"])
+    weight = None
+    if run.velocity_memory is not None:                                       # stage 1b and its stream, as `vpc run`
+        v = cfg.velocity
+        moving = velocity.video_velocities(video, starts, boxes, t, v.bins, v.dis_preset)
+        out["velocity"] = velocity.frame_scores(cfg, {video.name: moving}, run.velocity_memory.vectors, [video.name], device)
+        weight = lf.get("velocity_weight", v.weight)
+    out["final_labelfree"] = fusion.labelfree_streams(out, vid, stats, lf["a"], lf["b"], lf["sigma"],
+                                                      weight)
     out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
     out["object_score"] = explain.object_scores(cfg, feats, run.memories, stats)
     return out
 
 
 def write_scores(path, result: dict) -> None:
-    """CSV: video, frame, spatial, temporal, highlevel, final_labelfree (scores.csv's columns, no label)."""
+    """CSV: video, frame, spatial, temporal, highlevel, [velocity,] final_labelfree (scores.csv's
+    columns, no label; velocity with the velocity memory)."""
+    columns = ("spatial", "temporal", "highlevel", *(("velocity",) if "velocity" in result else ()), "final_labelfree")
     with atomic_path(path) as tmp, open(tmp, "w") as out:
-        out.write("video,frame,spatial,temporal,highlevel,final_labelfree\n")
+        out.write("video,frame," + ",".join(columns) + "\n")
         for i, frame in enumerate(result["frame"]):
-            out.write(f"{result['video']},{frame}," + ",".join(f"{result[k][i]:.8g}" for k in
-                      ("spatial", "temporal", "highlevel", "final_labelfree")) + "\n")
+            out.write(f"{result['video']},{frame}," + ",".join(f"{result[k][i]:.8g}" for k in columns) + "\n")
 
 
 def score_curve(result: dict):
