@@ -78,9 +78,10 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def velocity_runs(tmp_path_factory):
-    """The same with the velocity memory on (stage 1b on rank 0, its stream fused on rank 0)."""
+    """The same with the velocity memory on (stage 1b on rank 0, its stream fused on rank 0) and a
+    count-conditioned calibration (the ranks' leave-one-out object counts joined on rank 0)."""
     return one_and_two_processes(tmp_path_factory.mktemp("distributed-velocity"),
-                                 ARGV + ["--set", "velocity.enabled=true"])
+                                 ARGV + ["--set", "velocity.enabled=true", "--set", "fusion.count_bins=2"])
 
 
 def test_scores_and_metrics_equal_one_process(runs):
@@ -93,7 +94,10 @@ def test_scores_and_metrics_equal_one_process(runs):
 def test_velocity_scores_and_metrics_equal_one_process(velocity_runs):
     one, two, _ = velocity_runs
     text = (one / "scores.csv").read_text()
-    assert text.splitlines()[0].split(",")[7] == "velocity"                 # the fourth stream is there
+    assert text.splitlines()[0].split(",")[7:9] == ["velocity", "objects"]  # the fourth stream and the counts
+    assert {k for k, v in json.loads((one / "metrics.json").read_text())["labelfree"]["stats"].items()
+            if isinstance(v, dict) and len(v["mean"]) == len(v["edges"]) + 1} == {"spatial", "temporal", "highlevel",
+                                                                                 "velocity"}
     assert (two / "scores.csv").read_text() == text
     metrics = json.loads((one / "metrics.json").read_text())
     assert metrics["labelfree"]["stats"]["velocity"] is not None            # calibrated with its memory
