@@ -64,17 +64,15 @@ def main(argv=None) -> int:
     cfg = from_dict(config)
     t = cfg.method.clip_length
     videos = {s: pipeline.load_videos(cfg, work, s) for s in pipeline.SPLITS}
-    boxes = {s: pipeline.read_objects(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
+    test_boxes = pipeline.read_objects(cfg, work, "test", videos["test"])
     train_feats = pipeline.read_split_features(cfg, work, "train", videos["train"])
     memories = pipeline.read_memories(cfg, work, videos["train"])
-    loo = pipeline.leave_one_out_scores(cfg, train_feats, memories)              # {memory: (F_train,)}
-    counts = frame_counts(boxes["train"], list(train_feats), t)
-    if loo is None or any(len(x) != len(counts) for x in loo.values()):
-        raise SystemExit(f"{args.work_dir}: the leave-one-out scores do not cover every training frame "
-                         "(fewer than two training videos, or a video whose removal empties a memory)")
-    loo = {s: loo[s] for s in pipeline.MEMORIES}
+    loo = pipeline.leave_one_out_scores(cfg, train_feats, memories)              # {memory: (F_train,), "objects"}
+    if loo is None:
+        raise SystemExit(f"{args.work_dir}: no leave-one-out scores (fewer than two training videos)")
+    counts = loo.pop(pipeline.OBJECTS)
     stats = fusion.calibration_stats(loo)
-    test_counts = frame_counts(boxes["test"], [v.name for v in videos["test"]], t)
+    test_counts = frame_counts(test_boxes, [v.name for v in videos["test"]], t)
     result = {"work_dir": str(args.work_dir), "train_frames": int(len(counts)),
               "train_objects_per_clip": {"mean": round(float(counts.mean()), 2), "max": int(counts.max())},
               "test_objects_per_clip": {"mean": round(float(test_counts.mean()), 2), "max": int(test_counts.max())},
@@ -82,9 +80,10 @@ def main(argv=None) -> int:
     if cfg.velocity.enabled:
         vpaths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
         stream = velocity.VelocityStream(cfg, vpaths["train"], vpaths["test"])
-        vloo = velocity.leave_one_out_scores(cfg, stream.train, stream.memory)   # (F_train,)
-        vstats = fusion.calibration_stats({velocity.STREAM: vloo})[velocity.STREAM]
-        result["streams"][velocity.STREAM] = count_bias(vloo, frame_counts(boxes["train"], list(stream.train), t), *vstats)
+        rows = velocity.leave_one_out_rows(cfg, stream.train, stream.memory)   # (F_train,) scores and counts
+        if rows is not None:
+            vstats = fusion.calibration_stats({velocity.STREAM: rows[0]})[velocity.STREAM]
+            result["streams"][velocity.STREAM] = count_bias(*rows, *vstats)
     print(f"{args.work_dir}: {result['train_frames']} training frames, objects per clip: train mean "
           f"{result['train_objects_per_clip']['mean']} (max {result['train_objects_per_clip']['max']}), test mean "
           f"{result['test_objects_per_clip']['mean']} (max {result['test_objects_per_clip']['max']})")

@@ -141,18 +141,18 @@ def test_the_objects_column_and_the_statistics(count_runs):
     memories = pipeline.read_memories(cfg, WorkDir(root), pipeline.load_videos(cfg, WorkDir(root), "train"))
     loo = pipeline.leave_one_out_scores(cfg, train, memories)
     counts = independent_counts(train, t)
-    for s in ("spatial", "temporal", "highlevel"):
+    vtrain = velocity.read_velocities(root / "velocity" / "train.npz")
+    assert independent_counts(vtrain, t).tolist() == counts.tolist()         # the same boxes, the same clips
+    vmemory = velocity.build_velocity_memory(vtrain, cfg.velocity.coreset_ratio)
+    loo["velocity"] = velocity.leave_one_out_scores(cfg, vtrain, vmemory)
+    for s in ("spatial", "temporal", "highlevel", "velocity"):
         got = result["labelfree"]["stats"][s]
         edges = got["edges"]
         which = np.array([sum(c > e for e in edges) for c in counts])          # bin i: edges[i-1] < c <= edges[i]
+        assert len(got["mean"]) == len(got["std"]) == len(edges) + 1
         for i in range(len(edges) + 1):
             part = loo[s][which == i]
             assert got["mean"][i] == pytest.approx(part.mean()) and got["std"][i] == pytest.approx(part.std())
-    vtrain = velocity.read_velocities(root / "velocity" / "train.npz")
-    vcounts = independent_counts(vtrain, t)
-    assert vcounts.tolist() == counts.tolist()                               # the same boxes, the same clips
-    vstat = result["labelfree"]["stats"]["velocity"]
-    assert len(vstat["mean"]) == len(vstat["edges"]) + 1
 
 
 def test_final_labelfree_recomputed_by_hand(count_runs):

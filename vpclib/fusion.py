@@ -152,15 +152,11 @@ def count_edges(counts: np.ndarray, count_bins: int) -> list[int]:
     counts = np.asarray(counts)
     edges = sorted(set(int(q) for q in np.quantile(counts, np.arange(1, count_bins) / count_bins, method="lower")))
     least = len(counts) / (2 * count_bins)
-    merged = True
-    while merged and edges:
-        sizes = np.bincount(count_bin(counts, edges), minlength=len(edges) + 1)
-        merged = False
-        for i, size in enumerate(sizes):
-            if size < least:
-                del edges[min(i, len(edges) - 1)]      # bin i joins bin i + 1 (the last: bin i - 1)
-                merged = True
-                break
+    while edges:
+        small = np.flatnonzero(np.bincount(count_bin(counts, edges), minlength=len(edges) + 1) < least)
+        if len(small) == 0:
+            break
+        del edges[min(small[0], len(edges) - 1)]      # bin i joins bin i + 1 (the last: bin i - 1)
     return edges
 
 

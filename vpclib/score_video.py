@@ -92,7 +92,8 @@ def open_video(path, clip_length: int = 1) -> datasets.Video:
 
 def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
     """Per-frame scores of one video: {"video", "frame" (F,), "spatial", "temporal", "highlevel",
-    ["velocity" (velocity.enabled),] "objects" (each frame's clip's object count), "final_labelfree" (F,), "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
+    ["velocity" (velocity.enabled),] "objects" (each frame's clip's object count), "final_labelfree" (F,),
+    "boxes" [(K_b, 4)] * B, "object_score" (K,), "object_clip" (K,)}.
 
     F = B*T scored frames (trailing frames that fill no clip get no score, as in `vpc run`).
     """
@@ -124,8 +125,7 @@ def score_video(run: FinishedRun, video, detector=None, encoder=None) -> dict:
         moving = velocity.video_velocities(video, starts, boxes, t, v.bins, v.dis_preset)
         out["velocity"] = velocity.frame_scores(cfg, {video.name: moving}, run.velocity_memory.vectors, [video.name], device)
         weight = lf.get("velocity_weight", v.weight)
-    out["final_labelfree"] = fusion.labelfree_streams(out, vid, stats, lf["a"], lf["b"], lf["sigma"],
-                                                      weight)
+    out["final_labelfree"] = fusion.labelfree_streams(out, vid, stats, lf["a"], lf["b"], lf["sigma"], weight)
     out["boxes"], out["object_clip"] = boxes, feats["object_clip"]
     out["object_score"] = explain.object_scores(cfg, feats, run.memories, stats)
     return out

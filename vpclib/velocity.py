@@ -211,31 +211,32 @@ def leave_one_out_scores(cfg: Config, train: dict[str, dict[str, np.ndarray]], m
                          device: str = "cpu") -> np.ndarray | None:
     """Per-frame scores of each training video against the velocity memory of the OTHER training
     videos, concatenated (F_train,); None with fewer than two training videos (or no other vectors)."""
-    out = []
+    rows = leave_one_out_rows(cfg, train, memory, device)
+    return None if rows is None else rows[0]
+
+
+def leave_one_out_rows(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory,
+                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray] | None:
+    """`leave_one_out_scores` (F_train,) and the object count of each of those frames' clips (F_train,)."""
+    scores, counts = [], []
+    t = cfg.method.clip_length
     for v, (name, video) in enumerate(train.items()):
         others = memory.without_video(v)
         if len(train) < 2 or len(others) == 0:
             continue
-        out.append(frame_scores(cfg, {name: video}, others, [name], device))
-    return np.concatenate(out) if out else None
-
-
-def leave_one_out_counts(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory) -> np.ndarray | None:
-    """The object count of each frame's clip (F_train,), the frames of `leave_one_out_scores` in its order."""
-    t = cfg.method.clip_length
-    out = [clip_to_frames(clip_object_counts(video["object_clip"], len(video["clip_start"])), t)
-           for v, video in enumerate(train.values()) if len(train) >= 2 and len(memory.without_video(v))]
-    return np.concatenate(out) if out else None
+        scores.append(frame_scores(cfg, {name: video}, others, [name], device))
+        counts.append(clip_to_frames(clip_object_counts(video["object_clip"], len(video["clip_start"])), t))
+    return (np.concatenate(scores), np.concatenate(counts)) if scores else None
 
 
 def calibration(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory,
                 device: str = "cpu") -> tuple[float, float] | dict | None:
     """(mean, std) of the leave-one-out training scores (fusion.calibration_stats; with
     fusion.count_bins > 0 its count-conditioned dict), or None."""
-    loo = leave_one_out_scores(cfg, train, memory, device)
-    if loo is None:
+    rows = leave_one_out_rows(cfg, train, memory, device)
+    if rows is None:
         return None
-    counts = leave_one_out_counts(cfg, train, memory) if cfg.fusion.count_bins else None
+    loo, counts = rows
     return fusion.calibration_stats({STREAM: loo}, counts, cfg.fusion.count_bins)[STREAM]
 
 
