@@ -80,10 +80,10 @@ def main(argv=None) -> int:
     if cfg.velocity.enabled:
         vpaths = {s: velocity.velocity_path(cfg, work, s, videos[s]) for s in pipeline.SPLITS}
         stream = velocity.VelocityStream(cfg, vpaths["train"], vpaths["test"])
-        rows = velocity.leave_one_out_rows(cfg, stream.train, stream.memory)   # (F_train,) scores and counts
+        rows = velocity.leave_one_out_rows(cfg, stream.train, stream.memory)   # (F_train,) scores and counts, per-object scores
         if rows is not None:
             vstats = fusion.calibration_stats({velocity.STREAM: rows[0]})[velocity.STREAM]
-            result["streams"][velocity.STREAM] = count_bias(*rows, *vstats)
+            result["streams"][velocity.STREAM] = count_bias(rows[0], rows[1], *vstats)
     print(f"{args.work_dir}: {result['train_frames']} training frames, objects per clip: train mean "
           f"{result['train_objects_per_clip']['mean']} (max {result['train_objects_per_clip']['max']}), test mean "
           f"{result['test_objects_per_clip']['mean']} (max {result['test_objects_per_clip']['max']})")

@@ -32,7 +32,9 @@ detector's and encoder's (e.g. --set velocity.bins=1); they are recorded in each
 --tag NAME names the variant in the work directories and the rows ("tag"), so that its rows sit
 beside the plain ones in one results file. With --share-work the variant runs in the plain
 configuration's work directory instead (the stages its sets do not change are reused, e.g. the
-features for a fusion variant; its metrics.json and scores.csv replace the ones there).
+features for a fusion variant; its metrics.json and scores.csv replace the ones there);
+--share-work BASE uses the directory of the variant tagged BASE (e.g. --set velocity.bins=1
+--tag speed-sidak --share-work speed).
 """
 
 from __future__ import annotations
@@ -91,13 +93,15 @@ def run_one(args, det: str, enc: str, det_sets: dict) -> dict:
         sets["velocity.enabled"] = True                        # its defaults, fixed before any Ped2 number
     sets.update(parse_sets(args.sets))
     cfg = load_params(ROOT / "params" / "ped2.yaml", sets=sets, **{"data.root": args.data_root})
-    suffix = ("-velocity" if args.velocity else "") + (f"-{args.tag}" if args.tag and not args.share_work else "")
+    shared = args.share_work is not None
+    work_tag = args.share_work if shared else args.tag                 # --share-work BASE: BASE's directory
+    suffix = ("-velocity" if args.velocity else "") + (f"-{work_tag}" if work_tag else "")
     work = Path(args.work_root) / f"{det}-{enc}-{args.device.replace(':', '')}{suffix}"
     shared_objects = Path(args.work_root) / f"objects-{det}"
     if shared_objects.is_dir() and not (work / "objects").exists():
         shutil.copytree(shared_objects, work / "objects")       # the manifest check still applies
     start = time.perf_counter()
-    result = pipeline.run(cfg, work, overwrite=args.share_work, until="objects" if args.objects_only else "metrics")
+    result = pipeline.run(cfg, work, overwrite=shared, until="objects" if args.objects_only else "metrics")
     wall = time.perf_counter() - start
     if not shared_objects.exists():
         shutil.copytree(work / "objects", shared_objects)
@@ -141,8 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                    help="an override for every configuration (after the detector's and encoder's), recorded in the rows")
     p.add_argument("--tag", default="", help="the variant's name in the work directories and rows (with --set)")
-    p.add_argument("--share-work", action="store_true",
-                   help="run the --tag variant in the plain configuration's work directory (its other stages reused)")
+    p.add_argument("--share-work", nargs="?", const="", default=None, metavar="BASE_TAG",
+                   help="run the --tag variant in the plain configuration's work directory (its other stages "
+                        "reused); with BASE_TAG, in the work directory of the variant tagged BASE_TAG")
     p.add_argument("--objects-only", action="store_true",
                    help="stage 1 only: write <work-root>/objects-<detector> (e.g. detect on one machine, "
                         "copy the folder, encode on another; the objects' cache key still applies)")

@@ -127,6 +127,7 @@ class FusionConfig:
     b: float = 0.5
     sigma: float = 8.0
     count_bins: int = 0                  # > 0: z per object-count bin (beyond the paper, fusion.count_stats); 0: off
+    object_calibration: bool = False     # per-object (Sidak) z of the clip max (beyond the paper, fusion.object_z)
 
 
 @dataclass
@@ -164,6 +165,8 @@ class Config:
             del out["velocity"]
         if not self.fusion.count_bins:                  # off (the default): config.json as it was
             del out["fusion"]["count_bins"]
+        if not self.fusion.object_calibration:          # off (the default): config.json as it was
+            del out["fusion"]["object_calibration"]
         return out
 
 
@@ -256,6 +259,10 @@ def _validate(cfg: Config) -> Config:
     need(cfg.fusion.count_bins >= 0, "fusion.count_bins", "must be >= 0 (0: one calibration for every object count)")
     need(cfg.fusion.count_bins == 0 or cfg.fusion.labelfree == "calibrated", "fusion.count_bins",
          "conditions the 'calibrated' label-free fusion; with fusion.labelfree 'fixed' it must be 0")
+    need(not cfg.fusion.object_calibration or cfg.fusion.labelfree == "calibrated", "fusion.object_calibration",
+         "calibrates the 'calibrated' label-free fusion; with fusion.labelfree 'fixed' it must be false")
+    need(not (cfg.fusion.object_calibration and cfg.fusion.count_bins), "fusion.object_calibration",
+         "and fusion.count_bins are two calibrations of the clip max: set one of them (count_bins 0)")
     need(len(cfg.fusion.a_grid) > 0 and len(cfg.fusion.b_grid) > 0 and len(cfg.fusion.sigma_grid) > 0,
          "fusion.*_grid", "must not be empty")
     need(cfg.velocity.bins >= 1, "velocity.bins", "must be >= 1 (1: the mean speed in the box, no direction)")
@@ -374,7 +381,7 @@ def stage_params(cfg: Config, stage: str, split: str | None = None) -> dict:
         if cfg.scoring.knn != "exact":                       # the default leaves earlier keys as they were
             out.update({"scoring.knn": cfg.scoring.knn, "scoring.knn_candidates": cfg.scoring.knn_candidates})
         out.update({f"fusion.{k}": v for k, v in dataclasses.asdict(cfg.fusion).items()
-                    if k != "count_bins" or v})                # off (the default) leaves the key as it was
+                    if k not in ("count_bins", "object_calibration") or v})   # off (the default): the key as it was
         if cfg.velocity.enabled:                             # off (the default) leaves the key as it was
             out.update({**velocity_params(cfg), "velocity.coreset_ratio": cfg.velocity.coreset_ratio,
                         "velocity.weight": cfg.velocity.weight})

@@ -380,15 +380,23 @@ def protocol_table(result: dict) -> str:
             ["oracle, stage 2", "b, sigma at that a", "test labels", _w(result["a"]), _w(result["b"]),
              _w(result["sigma"]), "z-score over the test set", _f(result["auc_micro_oracle"])]]
     if free["mode"] == "calibrated" and free["stats"]:
-        scale = "z-score with training statistics: " + ", ".join(
-            f"{s} {_f(v['mean'][0])}..{_f(v['mean'][-1])} ± {_f(v['std'][0])}..{_f(v['std'][-1])} "
-            f"({len(v['mean'])} object-count bins)" if isinstance(v, dict) else f"{s} {_f(v[0])} ± {_f(v[1])}"
-            for s, v in free["stats"].items())
+        scale = "z-score with training statistics: " + ", ".join(stat_text(s, v) for s, v in free["stats"].items())
     else:
         scale = "z-score over the test set (the reference formula)"
     rows.append([f"label-free ({free['mode']})", "fixed in the params file", "none", _w(free["a"]), _w(free["b"]),
                  _w(free["sigma"]), scale, _f(result["auc_micro_labelfree"])])
     return _table(["protocol", "chooses", "looks at", "a", "b", "sigma", "scale of each stream", "micro AUC"], rows)
+
+
+def stat_text(stream: str, stat) -> str:
+    """One stream's label-free calibration in words: (mean, std), count bins, or per object."""
+    if isinstance(stat, dict) and "quantiles" in stat:
+        return (f"{stream} per object: Phi^-1(F(max)^K), F of {stat['objects']} training objects "
+                f"(median {_f(stat['quantiles'][round(0.5 / fusion.BODY_STEP)])}, tail from {_f(stat['quantiles'][-1])})")
+    if isinstance(stat, dict):
+        return (f"{stream} {_f(stat['mean'][0])}..{_f(stat['mean'][-1])} ± {_f(stat['std'][0])}..{_f(stat['std'][-1])} "
+                f"({len(stat['mean'])} object-count bins)")
+    return f"{stream} {_f(stat[0])} ± {_f(stat[1])}"
 
 
 def _w(x) -> str:
@@ -410,7 +418,7 @@ def nearest_memory(queries: np.ndarray, memory: np.ndarray, chunk: int = 4096) -
 def object_scores(cfg, feats: dict, memories: dict, stats) -> np.ndarray:
     """(K,) each object's local score a*zS + (1-a)*zT: its worst patch (spatial) and worst frame
     difference (temporal) against the memories {memory: Memory}, z from normal training videos
-    (stats {memory: (mean, std)}, or count-conditioned ones: the bin of the object's clip's count)
+    (stats {memory: (mean, std)}, or count-conditioned or per-object ones, with the object's clip's count)
     when given, else the raw scores."""
     k, n, a = len(feats["spatial"]), cfg.method.power, cfg.fusion.a
     z = np.zeros(k)

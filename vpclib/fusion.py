@@ -18,6 +18,13 @@ on the object count of the frame's clip: a clip's score is the max over its obje
 data it grows with the count; the training frames are cut into count bins at quantiles
 (`count_edges`) and each bin has its own mean and std (`count_stats`, `calibrated_z`).
 
+With `fusion.object_calibration` (beyond the paper, off by default), the streams whose clip score
+is a max over objects (spatial, temporal, velocity) are calibrated per object instead (Sidak): F,
+the distribution of the training objects' leave-one-out scores (`object_stats`: an empirical CDF
+with an exponential upper tail), gives a clip of K objects whose max is s the probability
+u = F(s)^K that K normal objects stay below s, and z = Phi^-1(u) (`object_z`). The high-level
+stream, one score per clip, keeps its (mean, std).
+
 With the optional velocity memory (beyond the paper, `vpclib.velocity`), the label-free score
 gains `weight * z(velocity)`, z calibrated the same way (`labelfree_velocity`); the oracle stays
 the reference's three-stream search.
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.special import ndtri_exp
 
 from .metrics import auc
 
@@ -130,10 +138,15 @@ def oracle_search(spatial, temporal, highlevel, labels, video_ids, a_grid, b_gri
 # label-free
 
 def calibration_stats(train_scores: dict[str, np.ndarray], counts: np.ndarray | None = None,
-                      count_bins: int = 0) -> dict:
+                      count_bins: int = 0, object_scores: dict[str, np.ndarray] | None = None) -> dict:
     """Mean and population std of each stream's leave-one-video-out training scores (F,):
     {stream: (mean, std)}; with count_bins > 0 (beyond the paper), `count_stats` of each stream
-    against the object count of each frame's clip (counts (F,)): {stream: {"edges", "mean", "std"}}."""
+    against the object count of each frame's clip (counts (F,)): {stream: {"edges", "mean", "std"}};
+    with object_scores {stream: (N,)} (the training objects' own leave-one-out scores, beyond the
+    paper), those streams' `object_stats` instead, the others their (mean, std)."""
+    if object_scores is not None:
+        return {name: object_stats(object_scores[name]) if name in object_scores else (float(x.mean()), float(x.std()))
+                for name, x in train_scores.items()}
     if count_bins > 0:
         if counts is None:
             raise ValueError("a count-conditioned calibration needs the object count of every training frame")
@@ -175,12 +188,60 @@ def count_stats(scores: np.ndarray, counts: np.ndarray, count_bins: int) -> dict
     return {"edges": edges, "mean": [float(x.mean()) for x in parts], "std": [float(x.std()) for x in parts]}
 
 
+# per-object (Sidak) calibration of the clip max, beyond the paper
+
+TAIL = 0.1           # the training objects above the 0.9 quantile: an exponential tail (peaks over threshold)
+BODY_STEP = 0.005    # below it the empirical CDF, linear between the quantiles at 0, 0.005, ..., 0.9
+
+
+def body_probabilities() -> np.ndarray:
+    """The probabilities of `object_stats`' quantiles: 0, 0.005, ..., 0.9 (181,)."""
+    return np.linspace(0.0, 1.0 - TAIL, round((1.0 - TAIL) / BODY_STEP) + 1)
+
+
+def object_stats(object_scores: np.ndarray) -> dict:
+    """The distribution F of one stream's per-object training scores (N,) (each training object
+    scored against the memory less its own video): {"quantiles": the scores at `body_probabilities`
+    (numpy's linear quantiles), "tail_scale": beta, the mean excess of the scores above the last
+    quantile u (the maximum-likelihood scale of an exponential tail), "objects": N}."""
+    x = np.asarray(object_scores, dtype=np.float64)
+    q = np.quantile(x, body_probabilities())
+    excess = x[x > q[-1]] - q[-1]
+    return {"quantiles": q.tolist(), "tail_scale": float(excess.mean()) if len(excess) else 0.0, "objects": int(len(x))}
+
+
+def object_log_cdf(x: np.ndarray, stat: dict) -> np.ndarray:
+    """log F(x) (F,): below u = the 0.9 quantile F is linear between the quantiles (0 below the
+    smallest: log -inf); above u, F(x) = 1 - 0.1 * exp(-(x - u) / beta)."""
+    x = np.asarray(x, dtype=np.float64)
+    q = np.asarray(stat["quantiles"])
+    out = np.empty_like(x)
+    tail = x > q[-1]
+    with np.errstate(divide="ignore"):
+        out[~tail] = np.log(np.interp(x[~tail], q, body_probabilities()))
+    out[tail] = np.log1p(-TAIL * np.exp(-(x[tail] - q[-1]) / (stat["tail_scale"] + EPS)))
+    return out
+
+
+def object_z(x: np.ndarray, stat: dict, counts: np.ndarray) -> np.ndarray:
+    """Phi^-1(F(x)^K): the clip max x (F,) of K = counts (F,) objects as a standard-normal z (Sidak:
+    F(x)^K is the probability that K independent normal objects all score below x). A clip without
+    objects counts as one (its score is 0: the floor). u = F(x)^K is kept in [1/(2N), 1) (N training
+    objects; 1 - u at least the smallest float): z is finite at both ends."""
+    k = np.maximum(np.asarray(counts), 1)
+    log_u = np.clip(k * object_log_cdf(x, stat), np.log(0.5 / stat["objects"]), -np.finfo(np.float64).tiny)
+    return ndtri_exp(log_u)
+
+
 def calibrated_z(x: np.ndarray, stat, counts: np.ndarray | None = None) -> np.ndarray:
     """(x - mean) / (std + 1e-8) with one stream's training statistics: (mean, std), or a
-    `count_stats` dict, whose mean and std are those of the bin of each frame's object count."""
+    `count_stats` dict, whose mean and std are those of the bin of each frame's object count; an
+    `object_stats` dict gives `object_z` with each frame's object count."""
     if isinstance(stat, dict):
         if counts is None:
-            raise ValueError("count-conditioned calibration statistics need the object count of every frame")
+            raise ValueError("count-conditioned and per-object calibration statistics need the object count of every frame")
+        if "quantiles" in stat:
+            return object_z(x, stat, counts)
         which = count_bin(counts, stat["edges"])
         mean, std = np.asarray(stat["mean"])[which], np.asarray(stat["std"])[which]
     else:
@@ -197,7 +258,7 @@ def labelfree_calibrated(spatial, temporal, highlevel, video_ids, stats, a: floa
 def labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, a: float, b: float,
                                 sigma: float, counts=None) -> dict[str, np.ndarray]:
     """`labelfree_calibrated` with every step kept, each (F,): z_spatial, z_temporal, z_highlevel
-    (`calibrated_z` with the training statistics; count-conditioned ones read the frames' object
+    (`calibrated_z` with the training statistics; count-conditioned and per-object ones read the frames' object
     counts (F,)), local = a*zS + (1-a)*zT, fused = b*local + (1-b)*zH, final = fused smoothed
     within each video."""
     def z(x, name):
@@ -213,7 +274,7 @@ def labelfree_calibrated_levels(spatial, temporal, highlevel, video_ids, stats, 
 def labelfree(spatial, temporal, highlevel, video_ids, stats, a: float, b: float, sigma: float,
               counts=None) -> np.ndarray:
     """The label-free final score: calibrated by the training statistics `stats` (from
-    `calibration_stats`; count-conditioned ones with the frames' object counts (F,)), or, with
+    `calibration_stats`; count-conditioned and per-object ones with the frames' object counts (F,)), or, with
     stats None ('fixed' mode, or a single training video), the reference formula with the fixed
     a, b and sigma."""
     if stats:

@@ -39,10 +39,12 @@ from .engine import FrameStream, video_features
 from .errors import CacheMismatchError, NoObjectsError
 from .memory import MEMORIES, Memory, build_memory, load_memory, save_memory
 from .objects import BoxesFileDetector, build_detector, detect_clip_objects, middle_frame_offset
-from .scores import clip_object_counts, clip_to_frames, highlevel_clip_scores, local_clip_scores
+from .scores import clip_max, clip_object_counts, clip_to_frames, highlevel_clip_scores, object_scores
 from .store import WorkDir, atomic_path, check_free_space, read_json, write_json
 
 OBJECTS = "objects"        # the frame table's column of each frame's clip's object count
+LOCAL = ("spatial", "temporal")                        # the memories whose clip score is a max over objects
+PER_OBJECT = {s: f"{s}_per_object" for s in LOCAL}     # leave-one-out rows: each training object's own score
 
 SPLITS = ("train", "test")
 
@@ -458,8 +460,11 @@ def build_memories(cfg: Config, work: WorkDir, train_videos: list, train_path) -
 # 4. scores
 
 def video_clip_scores(feats: dict[str, np.ndarray], memories: dict[str, np.ndarray], power: int, device: str,
-                      arithmetic: str = "reference", knn: str = "exact", candidates: int = 16) -> dict[str, np.ndarray]:
-    """Clip scores (B,) against each memory for one video, memories {memory: (N, D)}.
+                      arithmetic: str = "reference", knn: str = "exact", candidates: int = 16,
+                      per_object: bool = False) -> dict[str, np.ndarray]:
+    """Clip scores (B,) against each memory for one video, memories {memory: (N, D)}; with
+    per_object, also each object's own spatial and temporal score {PER_OBJECT[memory]: (K,)}
+    (what a clip's max runs over).
 
     knn, candidates: the exact arithmetic's nearest-neighbour search (`scoring.knn`, `scores.set_distances`)."""
     n_clips = len(feats["clip_start"])
@@ -467,11 +472,12 @@ def video_clip_scores(feats: dict[str, np.ndarray], memories: dict[str, np.ndarr
     obj = torch.as_tensor(feats["object_clip"], device=device)
     as_t = lambda x: torch.as_tensor(x, device=device)
     search = dict(arithmetic=arithmetic, knn=knn, candidates=candidates)
-    clip = {
-        "spatial": local_clip_scores(as_t(feats["spatial"]), obj, n_clips, on_device["spatial"], power, **search),
-        "temporal": local_clip_scores(as_t(feats["temporal_max"]), obj, n_clips, on_device["temporal"], power, **search),
-        "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), on_device["highlevel"], power, **search),
-    }
+    objects = {"spatial": object_scores(as_t(feats["spatial"]), on_device["spatial"], power, **search),      # (K,)
+               "temporal": object_scores(as_t(feats["temporal_max"]), on_device["temporal"], power, **search)}
+    clip = {**{s: clip_max(objects[s], obj, n_clips) for s in LOCAL},
+            "highlevel": highlevel_clip_scores(as_t(feats["highlevel"]), on_device["highlevel"], power, **search)}
+    if per_object:
+        clip.update({PER_OBJECT[s]: objects[s] for s in LOCAL})
     return {s: c.cpu().numpy() for s, c in clip.items()}
 
 
@@ -516,7 +522,8 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Mem
     """Training videos scored like test videos against memories of the OTHER training videos.
 
     Returns per-frame scores against each memory (normal data only) and each frame's object count
-    {memory: (F,), "objects": (F,)}, or None with one training video.
+    {memory: (F,), "objects": (F,)} (fusion.object_calibration: + each training object's own spatial
+    and temporal score {PER_OBJECT[memory]: (K_train,)}), or None with one training video.
     """
     if len(train_feats) < 2:
         return None
@@ -526,20 +533,23 @@ def leave_one_out_scores(cfg: Config, train_feats: dict, memories: dict[str, Mem
 
 def leave_one_out_video(cfg: Config, v: int, feats: dict, memories: dict[str, Memory]) -> dict[str, np.ndarray] | None:
     """Training video v's per-frame scores {memory: (B*T,)} against the memories less its own
-    vectors, and its frames' object counts {"objects": (B*T,)}; None when a memory would be empty."""
+    vectors, and its frames' object counts {"objects": (B*T,)}; with fusion.object_calibration also
+    its objects' own scores {PER_OBJECT[memory]: (K,)}; None when a memory would be empty."""
     others = {s: memories[s].without_video(v) for s in MEMORIES}
     if any(len(x) == 0 for x in others.values()):
         return None
     clip = video_clip_scores(feats, others, cfg.method.power, resolve_device(cfg.device), cfg.arithmetic,
-                             cfg.scoring.knn, cfg.scoring.knn_candidates)
+                             cfg.scoring.knn, cfg.scoring.knn_candidates, per_object=cfg.fusion.object_calibration)
     return {**{s: clip_to_frames(clip[s], cfg.method.clip_length) for s in MEMORIES},
-            OBJECTS: frame_object_counts(feats, cfg.method.clip_length)}
+            OBJECTS: frame_object_counts(feats, cfg.method.clip_length),
+            **{k: clip[k] for k in PER_OBJECT.values() if k in clip}}
 
 
 def join_leave_one_out(per_video: list) -> dict[str, np.ndarray] | None:
-    """leave_one_out_video of each training video in order -> {memory: (F,), "objects": (F,)}, None if none."""
+    """leave_one_out_video of each training video in order -> {memory: (F,), "objects": (F,)[,
+    PER_OBJECT[memory]: (K_train,)]}, None if none."""
     kept = [x for x in per_video if x is not None]
-    return {s: np.concatenate([x[s] for x in kept]) for s in (*MEMORIES, OBJECTS)} if kept else None
+    return {s: np.concatenate([x[s] for x in kept]) for s in kept[0]} if kept else None
 
 
 def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
@@ -554,11 +564,13 @@ def calibrate(cfg: Config, train_features: dict, memories: dict[str, Memory],
 
 def calibration_from_scores(cfg: Config, loo: dict[str, np.ndarray] | None,
                             velocity_stream: velocity.VelocityStream | None = None) -> dict | None:
-    """calibrate's arithmetic from the leave-one-out scores {memory: (F,), "objects": (F,)} (None:
-    none) -> {memory: (mean, std)} (fusion.count_bins > 0: fusion.count_stats dicts), + "velocity"
-    with a velocity stream; None without them."""
-    bins = cfg.fusion.count_bins
-    stats = (fusion.calibration_stats({s: loo[s] for s in MEMORIES}, loo[OBJECTS], bins)
+    """calibrate's arithmetic from the leave-one-out scores {memory: (F,), "objects": (F,)[,
+    PER_OBJECT[memory]: (K_train,)]} (None: none) -> {memory: (mean, std)} (fusion.count_bins > 0:
+    fusion.count_stats dicts; fusion.object_calibration: fusion.object_stats of the spatial and
+    temporal memories), + "velocity" with a velocity stream; None without them."""
+    bins, per_object = cfg.fusion.count_bins, cfg.fusion.object_calibration
+    stats = (fusion.calibration_stats({s: loo[s] for s in MEMORIES}, loo[OBJECTS], bins,
+                                      {s: loo[PER_OBJECT[s]] for s in LOCAL} if per_object else None)
              if loo is not None else None)
     if stats and velocity_stream is not None:
         moving = velocity_stream.calibration(cfg)
@@ -615,6 +627,8 @@ def measure(cfg: Config, table: dict[str, np.ndarray], fused: dict, memories: di
     labelfree = {"mode": fused["mode"], "a": f.a, "b": f.b, "sigma": f.sigma, "stats": fused["stats"]}
     if f.count_bins:                                      # off (the default): metrics.json as it was
         labelfree["count_bins"] = f.count_bins
+    if f.object_calibration:                              # off (the default): metrics.json as it was
+        labelfree["object_calibration"] = True
     if "velocity" in table:
         labelfree["velocity_weight"] = cfg.velocity.weight
     return {
@@ -670,7 +684,7 @@ def write_results(work: WorkDir, key: dict, names: list[str], table: dict[str, n
                   result: dict) -> None:
     """scores.csv and metrics.json (stage 6's artifacts), each committed with the metrics' key."""
     write_scores_csv(work.path("scores.csv"), names, table, fused["final_oracle"], fused["final_labelfree"],
-                     counts=bool(result["labelfree"].get("count_bins")))
+                     counts=bool(result["labelfree"].get("count_bins") or result["labelfree"].get("object_calibration")))
     write_json(work.path("metrics.json"), result)
     work.commit("scores.csv", key)
     work.commit("metrics.json", key)
@@ -703,7 +717,8 @@ def write_scores_csv(path, names, table, final_oracle, final_free, counts: bool 
     """scores.csv: video, frame, label, label_frame, spatial, temporal, highlevel, [velocity,]
     [objects,] final_oracle, final_labelfree. `label` is the label of frame `label_frame` (see
     frame_table); the velocity column only when the table has it (velocity.enabled), the objects
-    column with `counts` (a count-conditioned calibration, fusion.count_bins > 0)."""
+    column with `counts` (a count-conditioned or per-object calibration: fusion.count_bins > 0,
+    fusion.object_calibration)."""
     moving = "velocity" in table
     with atomic_path(path) as tmp, open(tmp, "w") as out:
         out.write("video,frame,label,label_frame,spatial,temporal,highlevel," + ("velocity," if moving else "")

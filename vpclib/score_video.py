@@ -10,8 +10,8 @@ and kNN, and the label-free final with the run's calibration statistics (in 'cal
 fusion smooths each video on its own, so one video is enough). In 'fixed' mode the run's
 label-free final is z-scored over the whole test set; a single video is z-scored on its own.
 A run with the velocity memory (velocity.enabled) scores the video's velocity stream against the
-run's velocity/train.npz and fuses it as the run does; a count-conditioned calibration
-(fusion.count_bins) reads the video's object counts.
+run's velocity/train.npz and fuses it as the run does; a count-conditioned or per-object calibration
+(fusion.count_bins, fusion.object_calibration) reads the video's object counts.
 """
 
 from __future__ import annotations

@@ -229,6 +229,24 @@ def set_score(distances: torch.Tensor, power: int) -> torch.Tensor:
     return distances.amax(-1) ** power
 
 
+def object_scores(vectors: torch.Tensor, memory: torch.Tensor, power: int, arithmetic: str = "reference",
+                  knn: str = "exact", candidates: int = 16) -> torch.Tensor:
+    """Each object's own score s(object vectors, memory): vectors (K, V, D), V = 49 (spatial) or
+    T-1 (temporal) -> (K,)."""
+    if len(vectors) == 0:
+        return torch.zeros(0, device=memory.device)
+    return set_score(set_distances(vectors, memory, arithmetic, knn, candidates), power)
+
+
+def clip_max(per_object: torch.Tensor, object_clip: torch.Tensor, n_clips: int) -> torch.Tensor:
+    """(K,) object scores, object_clip (K,) the clip of each -> (B,) max over each clip's objects,
+    0 for clips without objects."""
+    scores = torch.zeros(n_clips, device=per_object.device, dtype=per_object.dtype)
+    if len(per_object) == 0:
+        return scores
+    return scores.scatter_reduce(0, object_clip.long(), per_object, reduce="amax", include_self=True)
+
+
 def local_clip_scores(vectors: torch.Tensor, object_clip: torch.Tensor, n_clips: int,
                       memory: torch.Tensor, power: int, arithmetic: str = "reference", knn: str = "exact",
                       candidates: int = 16) -> torch.Tensor:
@@ -237,11 +255,9 @@ def local_clip_scores(vectors: torch.Tensor, object_clip: torch.Tensor, n_clips:
     vectors (K, V, D) with V = 49 (spatial) or T-1 (temporal); object_clip (K,) clip of each
     object -> (B,), 0 for clips without objects.
     """
-    scores = torch.zeros(n_clips, device=memory.device)
     if len(vectors) == 0:
-        return scores
-    per_object = set_score(set_distances(vectors, memory, arithmetic, knn, candidates), power)  # (K,)
-    return scores.scatter_reduce(0, object_clip.long(), per_object, reduce="amax", include_self=True)
+        return torch.zeros(n_clips, device=memory.device)
+    return clip_max(object_scores(vectors, memory, power, arithmetic, knn, candidates), object_clip, n_clips)
 
 
 def highlevel_clip_scores(vectors: torch.Tensor, memory: torch.Tensor, power: int,

@@ -48,7 +48,7 @@ import torch
 from . import fusion, keys
 from .config import Config
 from .memory import Memory, build_memory
-from .scores import clip_object_counts, clip_to_frames, local_clip_scores
+from .scores import clip_max, clip_object_counts, clip_to_frames, object_scores
 from .store import WorkDir, atomic_path
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -188,14 +188,21 @@ def build_velocity_memory(train: dict[str, dict[str, np.ndarray]], ratio: float,
     return build_memory([v["vectors"] for v in train.values()], ratio, device)
 
 
+def velocity_object_scores(video: dict[str, np.ndarray], memory: np.ndarray, device: str = "cpu", knn: str = "exact",
+                           candidates: int = 16) -> torch.Tensor:
+    """Each object's velocity score (K,): the distance of its velocity vector to the nearest memory
+    vector (N, D_v) (scores.object_scores with one vector per object, power 1, the exact arithmetic)."""
+    vectors = torch.as_tensor(video["vectors"], device=device)[:, None, :]        # (K, 1, D_v)
+    return object_scores(vectors, torch.as_tensor(memory, device=device), 1, "exact", knn, candidates)
+
+
 def clip_scores(video: dict[str, np.ndarray], memory: np.ndarray, device: str = "cpu", knn: str = "exact",
                 candidates: int = 16) -> np.ndarray:
-    """One video's clip scores (B,): max over each clip's objects of the distance of its velocity
-    vector to the nearest memory vector (N, D_v) (scores.local_clip_scores with one vector per
-    object, power 1, the exact arithmetic); 0 for a clip without objects."""
-    vectors = torch.as_tensor(video["vectors"], device=device)[:, None, :]        # (K, 1, D_v)
-    return local_clip_scores(vectors, torch.as_tensor(video["object_clip"], device=device), len(video["clip_start"]),
-                             torch.as_tensor(memory, device=device), 1, "exact", knn, candidates).cpu().numpy()
+    """One video's clip scores (B,): max over each clip's objects of `velocity_object_scores`; 0 for
+    a clip without objects."""
+    per_object = velocity_object_scores(video, memory, device, knn, candidates)
+    return clip_max(per_object, torch.as_tensor(video["object_clip"], device=device),
+                    len(video["clip_start"])).cpu().numpy()
 
 
 def frame_scores(cfg: Config, videos: dict[str, dict[str, np.ndarray]], memory: np.ndarray, names: list[str],
@@ -216,28 +223,36 @@ def leave_one_out_scores(cfg: Config, train: dict[str, dict[str, np.ndarray]], m
 
 
 def leave_one_out_rows(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory,
-                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray] | None:
-    """`leave_one_out_scores` (F_train,) and the object count of each of those frames' clips (F_train,)."""
-    scores, counts = [], []
+                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """`leave_one_out_scores` (F_train,), the object count of each of those frames' clips (F_train,)
+    and each training object's own score against the same memory (K_train,)."""
+    scores, counts, objects = [], [], []
     t = cfg.method.clip_length
     for v, (name, video) in enumerate(train.items()):
         others = memory.without_video(v)
         if len(train) < 2 or len(others) == 0:
             continue
-        scores.append(frame_scores(cfg, {name: video}, others, [name], device))
-        counts.append(clip_to_frames(clip_object_counts(video["object_clip"], len(video["clip_start"])), t))
-    return (np.concatenate(scores), np.concatenate(counts)) if scores else None
+        s = cfg.scoring
+        per_object = velocity_object_scores(video, others, device, s.knn, s.knn_candidates)
+        n_clips = len(video["clip_start"])
+        clip = clip_max(per_object, torch.as_tensor(video["object_clip"], device=device), n_clips)
+        scores.append(clip_to_frames(clip.cpu().numpy(), t))
+        counts.append(clip_to_frames(clip_object_counts(video["object_clip"], n_clips), t))
+        objects.append(per_object.cpu().numpy())
+    return (np.concatenate(scores), np.concatenate(counts), np.concatenate(objects)) if scores else None
 
 
 def calibration(cfg: Config, train: dict[str, dict[str, np.ndarray]], memory: Memory,
                 device: str = "cpu") -> tuple[float, float] | dict | None:
     """(mean, std) of the leave-one-out training scores (fusion.calibration_stats; with
-    fusion.count_bins > 0 its count-conditioned dict), or None."""
+    fusion.count_bins > 0 its count-conditioned dict, with fusion.object_calibration the per-object
+    fusion.object_stats), or None."""
     rows = leave_one_out_rows(cfg, train, memory, device)
     if rows is None:
         return None
-    loo, counts = rows
-    return fusion.calibration_stats({STREAM: loo}, counts, cfg.fusion.count_bins)[STREAM]
+    loo, counts, objects = rows
+    per_object = {STREAM: objects} if cfg.fusion.object_calibration else None
+    return fusion.calibration_stats({STREAM: loo}, counts, cfg.fusion.count_bins, per_object)[STREAM]
 
 
 def aligned(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
