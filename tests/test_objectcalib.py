@@ -158,6 +158,19 @@ def independent_object_scores(train: dict, vectors: np.ndarray, owner: np.ndarra
     return np.array(out)
 
 
+def hand_stats(x) -> dict:
+    """object_stats written out: the linear quantile at p = 0, 0.005, ..., 0.9 (position p (n - 1),
+    between the two order statistics around it) and the mean excess above the last one."""
+    srt, n = sorted(float(v) for v in x), len(x)
+    quantiles = []
+    for i in range(181):
+        pos = 0.005 * i * (n - 1)
+        lo = int(math.floor(pos))
+        quantiles.append(srt[lo] + (pos - lo) * (srt[min(lo + 1, n - 1)] - srt[lo]))
+    above = [v - quantiles[-1] for v in srt if v > quantiles[-1]]
+    return {"quantiles": quantiles, "tail_scale": sum(above) / len(above), "objects": n}
+
+
 def test_the_statistics_recomputed(object_run):
     root, cfg, result, rows = object_run
     assert result["labelfree"]["object_calibration"] is True
@@ -169,40 +182,37 @@ def test_the_statistics_recomputed(object_run):
     objects = {s: independent_object_scores(train, memories[s].vectors, memories[s].video, key, cfg.method.power)
                for s, key in (("spatial", "spatial"), ("temporal", "temporal_max"))}
     objects["velocity"] = independent_object_scores(vtrain, vmemory.vectors, vmemory.video, "vectors", 1)
-    probs = [0.005 * i for i in range(181)]
     for s, x in objects.items():
-        got = stats[s]
-        assert got["objects"] == len(x) > 10
-        srt = np.sort(x)
-        # linear quantile written out: position p (n - 1), between the two order statistics around it
-        want = [srt[int(math.floor(p * (len(x) - 1)))] + (p * (len(x) - 1) - math.floor(p * (len(x) - 1)))
-                * (srt[min(int(math.floor(p * (len(x) - 1))) + 1, len(x) - 1)] - srt[int(math.floor(p * (len(x) - 1)))])
-                for p in probs]
-        assert got["quantiles"] == pytest.approx(want, rel=1e-4, abs=1e-6), s
-        above = [v - want[-1] for v in x if v > want[-1]]
-        assert got["tail_scale"] == pytest.approx(sum(above) / len(above), rel=1e-3, abs=1e-6), s
+        got, want = stats[s], hand_stats(x)
+        assert got["objects"] == want["objects"] > 10
+        assert got["quantiles"] == pytest.approx(want["quantiles"], rel=1e-4, abs=1e-6), s
+        assert got["tail_scale"] == pytest.approx(want["tail_scale"], rel=1e-3, abs=1e-6), s
     # the high-level stream keeps its (mean, std) of the leave-one-out clip scores
     assert isinstance(stats["highlevel"], list) and len(stats["highlevel"]) == 2
+
+
+def hand_z(x: float, st: dict, k: int) -> float:
+    """Phi^-1(F(x)^K) written out: F linear between the quantiles at 0, 0.005, ..., 0.9, the
+    exponential tail above, u kept in [1/2N, 1 - 1e-16], the standard library's normal quantile."""
+    probs = [0.005 * i for i in range(181)]
+    q, n = st["quantiles"], st["objects"]
+    if x > q[-1]:
+        big_f = 1 - 0.1 * math.exp(-(x - q[-1]) / (st["tail_scale"] + fusion.EPS))
+    elif x < q[0]:
+        big_f = 0.0
+    else:
+        i = max(j for j in range(len(q)) if q[j] <= x)
+        big_f = probs[i] if i == len(q) - 1 or q[i + 1] == q[i] else \
+            probs[i] + (x - q[i]) / (q[i + 1] - q[i]) * (probs[i + 1] - probs[i])
+    return PHI_INV(min(max(big_f ** max(k, 1), 0.5 / n), 1 - 1e-16))
 
 
 def test_final_labelfree_recomputed_by_hand(object_run):
     _, cfg, result, rows = object_run
     f, stats, e = cfg.fusion, result["labelfree"]["stats"], fusion.EPS
-    probs = [0.005 * i for i in range(181)]
 
     def z(x, s, k):
-        st = stats[s]
-        q, n = st["quantiles"], st["objects"]
-        if x > q[-1]:
-            big_f = 1 - 0.1 * math.exp(-(x - q[-1]) / (st["tail_scale"] + e))
-        elif x < q[0]:
-            big_f = 0.0
-        else:
-            i = max(j for j in range(len(q)) if q[j] <= x)
-            big_f = probs[i] if i == len(q) - 1 or q[i + 1] == q[i] else \
-                probs[i] + (x - q[i]) / (q[i + 1] - q[i]) * (probs[i + 1] - probs[i])
-        u = min(max(big_f ** max(k, 1), 0.5 / n), 1 - 1e-16)
-        return PHI_INV(u)
+        return hand_z(x, stats[s], k)
 
     mean_h, std_h = stats["highlevel"]
     fused, videos = [], []
@@ -233,3 +243,43 @@ def test_score_and_explain_give_the_runs_label_free_scores(object_run):
     steps = explain.fusion_steps(table, np.ones(len(rows), bool), result)
     assert steps["labelfree"]["final"] == pytest.approx([float(r["final_labelfree"]) for r in rows], rel=1e-6, abs=1e-7)
     assert "per object" in explain.protocol_table(result)
+
+
+def test_countbias_per_object_table(object_run, tmp_path):
+    """benchmarks/countbias.py --object-calibration on the run: each stream's mean per-object z per
+    count bin, against the training clips' maxima recomputed by brute force and z written out."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import countbias
+    root, cfg, result, _ = object_run
+    out = tmp_path / "bias.json"
+    assert countbias.main([str(root), "--object-calibration", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())["streams_per_object"]
+    t = cfg.method.clip_length
+    train = pipeline.read_features(root / "features" / "train.h5")
+    memories = pipeline.read_memories(cfg, WorkDir(root), pipeline.load_videos(cfg, WorkDir(root), "train"))
+    vtrain = velocity.read_velocities(root / "velocity" / "train.npz")
+    vmemory = velocity.build_velocity_memory(vtrain, cfg.velocity.coreset_ratio)
+    sources = {"spatial": (train, memories["spatial"], "spatial", cfg.method.power),
+               "temporal": (train, memories["temporal"], "temporal_max", cfg.method.power),
+               "velocity": (vtrain, vmemory, "vectors", 1)}
+    # F from the brute-force object scores themselves (not the run's statistics): a clip max that
+    # equals a tied training score sits on a jump of F, and float32 vs float64 would pick its sides
+    for s, (feats, memory, key, power) in sources.items():
+        objects = independent_object_scores(feats, memory.vectors, memory.video, key, power)
+        st = hand_stats(objects)
+        per_object = iter(objects)
+        zs, counts = [], []
+        for f in feats.values():
+            clip = np.asarray(f["object_clip"])
+            scores = [next(per_object) for _ in clip]
+            for c in range(len(f["clip_start"])):
+                mine = [x for x, owner in zip(scores, clip) if owner == c]
+                zs += [hand_z(max(mine) if mine else 0.0, st, len(mine))] * t
+                counts += [len(mine)] * t
+        zs, counts = np.array(zs), np.array(counts)
+        for (lo, hi), name in zip(countbias.BINS, countbias.BIN_NAMES):
+            inside = (counts >= lo) & (counts <= hi)
+            want = round(float(zs[inside].mean()), 3) if inside.any() else None
+            assert got[s]["mean_z_by_objects"][name] == pytest.approx(want, abs=2e-3), (s, name)
