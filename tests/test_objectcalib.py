@@ -63,6 +63,16 @@ def test_object_z_by_hand():
     assert np.all(fusion.object_z(grid, stat, np.full(len(grid), 7)) <= fusion.object_z(grid, stat, np.ones(len(grid))))
 
 
+def test_tied_training_scores_give_the_upper_side_of_the_jump():
+    """Many equal training scores (static objects' velocity: distance 0) tie the low quantiles; F at
+    the tied value is the last tied knot's probability (right-continuous, as an empirical CDF)."""
+    stat = fusion.object_stats(np.r_[np.zeros(100), np.arange(1.0, 101.0)])     # 200 objects, half at 0
+    # positions p * 199: the knots up to p = 0.495 (position 98.5) lie among the zeros; p = 0.5 at 99.5 -> 0.5
+    assert stat["quantiles"][:100] == [0.0] * 100 and stat["quantiles"][100] == pytest.approx(0.5)
+    z = fusion.object_z(np.array([0.0, 0.0, 0.25]), stat, np.array([1, 2, 1]))
+    assert z == pytest.approx([PHI_INV(0.495), PHI_INV(0.495 ** 2), PHI_INV(0.4975)], rel=1e-9)
+
+
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_the_max_of_k_normal_objects_is_standard_normal(rng, k):
     """Sidak on simulated data: objects from one distribution (exponential above any quantile, so

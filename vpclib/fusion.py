@@ -212,7 +212,8 @@ def object_stats(object_scores: np.ndarray) -> dict:
 
 def object_log_cdf(x: np.ndarray, stat: dict) -> np.ndarray:
     """log F(x) (F,): below u = the 0.9 quantile F is linear between the quantiles (0 below the
-    smallest: log -inf); above u, F(x) = 1 - 0.1 * exp(-(x - u) / beta)."""
+    smallest: log -inf; at a value several quantiles share, many equal training scores, the last
+    of them: right-continuous, as an empirical CDF); above u, F(x) = 1 - 0.1 * exp(-(x - u) / beta)."""
     x = np.asarray(x, dtype=np.float64)
     q = np.asarray(stat["quantiles"])
     out = np.empty_like(x)
