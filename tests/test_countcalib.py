@@ -101,9 +101,11 @@ def test_bad_count_bins_name_the_key(fusion_params):
 # ---------------------------------------------------------------------------------------------
 # a whole run: the scores recomputed from its artifacts
 
-def tiny(**fusion_changes):
+def tiny(method: dict | None = None, **fusion_changes):
+    """The tiny synthetic run with the velocity memory, its fusion (and method) values changed."""
     raw = json.loads(json.dumps(TINY))
     raw["fusion"].update(fusion_changes)
+    raw["method"].update(method or {})
     raw["velocity"] = {"enabled": True}
     return from_dict(raw)
 

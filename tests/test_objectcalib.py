@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import reflect_smooth
-from test_pipeline import TINY
+from test_countcalib import tiny as count_tiny
 from vpclib import fusion, pipeline, velocity
 from vpclib.config import STAGES, from_dict, stage_params
 from vpclib.errors import ConfigError
@@ -135,11 +135,7 @@ def test_bad_object_calibration_names_the_key(fusion_params):
 # a whole run: the statistics and scores recomputed from its artifacts
 
 def tiny(**fusion_changes):
-    raw = json.loads(json.dumps(TINY))
-    raw["fusion"].update(fusion_changes)
-    raw["method"]["power"] = 2
-    raw["velocity"] = {"enabled": True}
-    return from_dict(raw)
+    return count_tiny({"power": 2}, **fusion_changes)         # power 2: the power enters every object score
 
 
 @pytest.fixture(scope="module")
