@@ -358,3 +358,21 @@ def test_local_yolov5_weights_enter_the_objects_key_by_content(tmp_path):
     first = objects_key(cfg, "test", [])["objects.weights"]
     weights.write_bytes(b"two")
     assert objects_key(cfg, "test", [])["objects.weights"] != first and str(tmp_path) not in first
+
+
+def test_ped2_candidate_is_the_recorded_row():
+    """params/ped2-candidate.yaml is params/ped2.yaml with the `--set`s of the row it was fixed
+    from, as benchmarks/realvideo.py recorded them (benchmarks/results/realvideo.jsonl: YOLO11n
+    INT8 + Lite1 + 1-bin velocity + object_calibration, tag speed-sidak): every stage's parameters
+    equal, and the same detector export (by name: the recorded path is a machine's)."""
+    rows = [json.loads(line) for line in (PARAMS_DIR.parent / "benchmarks/results/realvideo.jsonl").open()]
+    row = next(r for r in rows if (r["detector"], r["encoder"], r.get("tag")) == ("yolo11n-ov", "lite1", "speed-sidak"))
+    sets = {k: v for k, v in row["sets"].items() if k != "device"}
+    recorded = load_params(PARAMS_DIR / "ped2.yaml", **{**sets, "data.root": "/data/x"})
+    candidate = load_params(PARAMS_DIR / "ped2-candidate.yaml", **{"data.root": "/data/x"})
+    for stage, split in (("objects", "train"), ("objects", "test"), ("features", "train"),
+                         ("features", "test"), ("memory", None), ("metrics", None)):
+        assert stage_params(candidate, stage, split) == stage_params(recorded, stage, split), (stage, split)
+    assert Path(candidate.objects.weights).name == Path(sets["objects.weights"]).name
+    assert candidate.velocity.bins == 1 and candidate.fusion.object_calibration      # read off the file itself
+    assert row["auc_micro_labelfree"] > 0.95          # the row it names is the one the README calls "not counted"

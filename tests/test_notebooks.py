@@ -417,3 +417,20 @@ def _check_open_the_box_cells(runs, work):
     local_only = (local_only - local_only.min()) / (local_only.max() - local_only.min() + 1e-8)
     for row, final in zip(rows, (local_only, final_oracle, final_free)):
         assert float(row[-1]) == pytest.approx(roc_auc_score(labels, final), abs=1e-3), row[0]
+
+
+def test_refresh_and_nbval_run_with_the_same_pinned_kernels(monkeypatch):
+    """The committed outputs (`dev.py refresh`) and their check (`dev.py test`) run in one pinned
+    environment: each of torch's, oneDNN's and MKL's CPU kernels held at AVX2, whatever the caller's
+    environment says; `dev.py main` (a user's run) leaves the processor's choice alone."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    pinned = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "VPC_PROGRESS": "0"}
+    for command in ("test", "refresh"):
+        env = dev.environment(command)
+        assert {k: env.get(k) for k in pinned} == pinned, command
+        assert env["HF_HUB_OFFLINE"] == env["YOLO_OFFLINE"] == "1"
+    assert dev.environment("main")["ATEN_CPU_CAPABILITY"] == "avx512"
